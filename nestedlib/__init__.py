@@ -1,0 +1,9 @@
+"""nestedlib: Nested Diffusion (Elata, Kawar, Michaeli, Elad; arXiv 2305.19066) as small, tested pieces."""
+from .schedules import CLEAN, Schedule, outer_timesteps, split_budget, timesteps
+from .transitions import DDIM, DDPM
+from .sampling import (
+    Diffusion, Event, LearnedVariance, Network, NetworkMean, Result, SchedulerSampler,
+    inner_from_scheduler, nested, run, vanilla,
+)
+
+__version__ = "0.1.0"

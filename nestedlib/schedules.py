@@ -1,0 +1,114 @@
+"""Noise schedules and timestep grids.
+
+The forward process is q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (DDPM, Ho et al. 2020, eq. 4),
+with abar_t = prod_{s<=t} (1 - beta_s) over the 1000 training timesteps t = 0 .. 999 (diffusers' convention).
+
+A *grid* is the list of timesteps at which a sampler evaluates its x0-sampler, in decreasing order.
+After the last grid point the sampler steps to the clean end, written t = -1, where abar = 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+CLEAN = -1  # the clean end of every grid: abar_{-1} = 1 (diffusers' `set_alpha_to_one`)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The betas of the forward process and abar_t = prod_{s<=t} (1 - beta_s) (DDPM eq. 4)."""
+
+    betas: torch.Tensor  # beta_t, float32 as in diffusers
+    alphas_cumprod: torch.Tensor  # abar_t
+
+    @classmethod
+    def from_betas(cls, betas: torch.Tensor) -> "Schedule":
+        """abar_t = cumprod(1 - beta_t), computed in float32 exactly as diffusers does."""
+        betas = betas.to(torch.float32)
+        return cls(betas=betas, alphas_cumprod=torch.cumprod(1.0 - betas, dim=0))
+
+    @classmethod
+    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "Schedule":
+        """Linear betas of DDPM (and DiT): beta_t = linspace(beta_start, beta_end)."""
+        return cls.from_betas(torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float32))
+
+    @classmethod
+    def scaled_linear(
+        cls, num_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
+    ) -> "Schedule":
+        """Stable Diffusion's betas: sqrt(beta_t) = linspace(sqrt(beta_start), sqrt(beta_end))."""
+        return cls.from_betas(
+            torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float32) ** 2
+        )
+
+    @classmethod
+    def from_diffusers(cls, scheduler) -> "Schedule":
+        """The schedule of any diffusers scheduler (reads its `betas`)."""
+        return cls.from_betas(scheduler.betas.detach().clone())
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.betas.shape[0])
+
+    def abar(self, t: int) -> float:
+        """abar_t as a Python float, with abar_{-1} = 1 at the clean end."""
+        if t == CLEAN:
+            return 1.0
+        if not 0 <= t < self.num_timesteps:
+            raise ValueError(f"timestep {t} is outside [0, {self.num_timesteps - 1}] (or -1 for the clean end)")
+        return float(self.alphas_cumprod[t])
+
+    def add_noise(self, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+        """Forward process, DDPM eq. 4: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
+        a = self.abar(t)
+        return a**0.5 * x0 + (1 - a) ** 0.5 * noise
+
+
+def timesteps(t_start: int, steps: int, *, t_end: int = 0, drop_end: bool = False) -> list[int]:
+    """A grid of `steps` timesteps from t_start down to t_end, uniformly spaced and rounded.
+
+    - DiT's respacing (and the paper's inner process on ImageNet): t_end = 0, both ends included,
+      e.g. timesteps(999, 5) == [999, 749, 500, 250, 0].
+    - The authors' Stable Diffusion inner process: t_end = 1, e.g. timesteps(999, 4, t_end=1) == [999, 666, 334, 1].
+    - The authors' outer process: linspace(1, 999, outer + 1) with the last point (t = 1) dropped:
+      timesteps(999, outer, t_end=1, drop_end=True).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"the number of steps must be a positive integer, got {steps!r}")
+    if not isinstance(t_start, (int, np.integer)) or t_start < t_end:
+        raise ValueError(f"a grid must start at or above t_end={t_end}, got t_start={t_start!r}")
+    points = int(steps) + int(drop_end)
+    available = t_start - t_end + 1
+    if points > available:
+        most = available - int(drop_end)
+        raise ValueError(
+            f"cannot take {steps} steps from t={t_start} down to t={t_end}: only {available} distinct timesteps "
+            f"lie in [{t_end}, {t_start}]. Use at most {most} steps here (for Nested Diffusion: fewer inner steps, "
+            f"or fewer outer steps so that every outer timestep stays high enough)."
+        )
+    if points == 1:
+        grid = [int(t_start)]
+    else:
+        grid = np.round(np.linspace(t_end, t_start, points)).astype(int)[::-1].tolist()
+    return grid[:-1] if drop_end else grid
+
+
+def outer_timesteps(steps: int, num_timesteps: int = 1000) -> list[int]:
+    """The authors' outer grid: round(linspace(1, T - 1, steps + 1)), reversed, last point dropped."""
+    return timesteps(num_timesteps - 1, steps, t_end=1, drop_end=True)
+
+
+def split_budget(total_nfe: int, outer: int) -> int:
+    """Inner steps per outer step when a total NFE budget is shared evenly: |inner| = NFE / |outer|."""
+    for name, v in (("total_nfe", total_nfe), ("outer", outer)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if total_nfe % outer:
+        lo = total_nfe - total_nfe % outer
+        raise ValueError(
+            f"a budget of {total_nfe} NFEs does not divide into {outer} outer steps; use a multiple of {outer} "
+            f"(e.g. {lo} or {lo + outer}), or pass a list of inner steps per outer step that sums to {total_nfe}."
+        )
+    return total_nfe // outer

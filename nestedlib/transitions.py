@@ -1,0 +1,84 @@
+"""Transitions q(x_{t'} | x̂_0, x_t): the closed-form step of Eq. 1 once a clean estimate x̂_0 is drawn.
+
+Eq. 1 of the paper: p(x_{t'} | x_t) = ∫ q(x_{t'} | x_0, x_t) p(x_0 | x_t) dx_0, with t' < t the next grid point.
+DDPM and DDIM are two choices of q. Grids may skip timesteps, so every formula is written with
+abar_t and abar_{t'} only (the "respaced" betas of Improved DDPM and DiT):  beta'_t = 1 - abar_t / abar_{t'}.
+Stepping to the clean end (t' = -1, abar = 1) returns x̂_0 itself: no noise at the last step.
+"""
+from __future__ import annotations
+
+import torch
+
+from .schedules import CLEAN, Schedule
+
+
+def randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """z ~ N(0, I) shaped like x, drawn from `generator` (never the global RNG when one is given)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+
+
+def ddpm_posterior_coefficients(abar_t: float, abar_prev: float) -> tuple[float, float, float]:
+    """DDPM eq. 7: q(x_{t'} | x_0, x_t) = N(c0 x_0 + ct x_t, beta~ I); returns (c0, ct, beta~)."""
+    beta = 1.0 - abar_t / abar_prev  # beta'_t = 1 - alpha'_t, the step's own beta
+    c0 = abar_prev**0.5 * beta / (1.0 - abar_t)  # sqrt(abar_{t'}) beta'_t / (1 - abar_t)
+    ct = (1.0 - beta) ** 0.5 * (1.0 - abar_prev) / (1.0 - abar_t)  # sqrt(alpha'_t) (1 - abar_{t'}) / (1 - abar_t)
+    var = max((1.0 - abar_prev) / (1.0 - abar_t) * beta, 1e-20)  # beta~_t, clamped like diffusers
+    return c0, ct, var
+
+
+def ddpm_step(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float, abar_prev: float, noise: torch.Tensor):
+    """A draw from the DDPM posterior q(x_{t'} | x̂_0, x_t) (Ho et al. 2020, eqs. 6-7)."""
+    c0, ct, var = ddpm_posterior_coefficients(abar_t, abar_prev)
+    return c0 * x0 + ct * x_t + var**0.5 * noise  # mu~_t(x_t, x̂_0) + sqrt(beta~_t) z
+
+
+def ddim_sigma(abar_t: float, abar_prev: float, eta: float) -> float:
+    """DDIM eq. 16: sigma_t(eta) = eta sqrt((1 - abar_{t'}) / (1 - abar_t)) sqrt(1 - abar_t / abar_{t'})."""
+    return eta * ((1.0 - abar_prev) / (1.0 - abar_t)) ** 0.5 * (1.0 - abar_t / abar_prev) ** 0.5
+
+
+def ddim_step(x_t, x0, abar_t: float, abar_prev: float, eta: float, noise: torch.Tensor | None):
+    """A draw from DDIM's q_sigma(x_{t'} | x̂_0, x_t) (Song et al. 2021, eq. 12), eta in [0, 1]."""
+    sigma = ddim_sigma(abar_t, abar_prev, eta)
+    eps = (x_t - abar_t**0.5 * x0) / (1.0 - abar_t) ** 0.5  # epŝ = (x_t - sqrt(abar_t) x̂_0) / sqrt(1 - abar_t)
+    direction = max(1.0 - abar_prev - sigma**2, 0.0) ** 0.5 * eps  # sqrt(1 - abar_{t'} - sigma^2) epŝ
+    x_prev = abar_prev**0.5 * x0 + direction  # sqrt(abar_{t'}) x̂_0 + direction pointing to x_t
+    return x_prev if sigma == 0.0 else x_prev + sigma * noise  # + sigma_t z
+
+
+class DDPM:
+    """The DDPM posterior as the transition of Algorithm 1 (Ho et al. 2020, eqs. 6-7)."""
+
+    name = "ddpm"
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+
+    def __call__(self, x_t, x0, t: int, t_next: int, generator=None) -> torch.Tensor:
+        if t_next == CLEAN:
+            return x0  # q(x_{-1} | x̂_0, x_t) = delta(x̂_0): the last step adds no noise
+        return ddpm_step(x_t, x0, self.schedule.abar(t), self.schedule.abar(t_next), randn(x_t, generator))
+
+    def __repr__(self) -> str:
+        return "DDPM()"
+
+
+class DDIM:
+    """DDIM with stochasticity eta as the transition of Algorithm 1 (Song et al. 2021, eq. 12)."""
+
+    name = "ddim"
+
+    def __init__(self, schedule: Schedule, eta: float = 0.0):
+        if not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
+            raise ValueError(f"DDIM's eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM), got {eta!r}")
+        self.schedule, self.eta = schedule, float(eta)
+
+    def __call__(self, x_t, x0, t: int, t_next: int, generator=None) -> torch.Tensor:
+        if t_next == CLEAN:
+            return x0  # abar_{-1} = 1: x_{-1} = x̂_0 exactly
+        noise = randn(x_t, generator) if self.eta > 0 else None  # diffusers draws noise only when eta > 0
+        return ddim_step(x_t, x0, self.schedule.abar(t), self.schedule.abar(t_next), self.eta, noise)
+
+    def __repr__(self) -> str:
+        return f"DDIM(eta={self.eta:g})"

@@ -1,0 +1,286 @@
+"""Algorithms 1 and 2 as anytime samplers: reverting to vanilla, NFE accounting, budgets, errors, guidance."""
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+from nestedlib import DDPM, Diffusion, LearnedVariance, Network, nested, run, vanilla
+from nestedlib.sampling import Context, SchedulerSampler
+from nestedlib.toy import energy_distance
+
+
+def _noise(seed, n=256):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, dtype=torch.float64, generator=g), g
+
+
+# ---- "reverts to vanilla" ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("inner_transition, eta", [("ddpm", 0.0), ("ddim", 0.0), ("ddim", 0.85)])
+def test_one_outer_step_is_vanilla_sampling_bit_for_bit(toy_net, schedule, inner_transition, eta):
+    x_T, g1 = _noise(1)
+    _, g2 = _noise(1)
+    nest = run(nested(toy_net, schedule, 1, 20, inner_transition=inner_transition, inner_eta=eta), x_T, generator=g1)
+    van = run(vanilla(toy_net, schedule, 20, transition=inner_transition, eta=eta), x_T, generator=g2)
+    assert torch.equal(nest.x0, van.x0)
+    assert nest.nfe == van.nfe == 20
+
+
+def test_one_inner_step_is_vanilla_ddim_on_the_outer_grid_bit_for_bit(toy_net, schedule):
+    x_T, g = _noise(2)
+    nest = run(nested(toy_net, schedule, 10, 1), x_T, generator=g)
+    van = run(vanilla(toy_net, schedule, 10, transition="ddim", t_end=1, drop_end=True), x_T, generator=g)
+    assert torch.equal(nest.x0, van.x0)
+    assert [p.nfe for p in nest.previews] == [p.nfe for p in van.previews] == list(range(1, 11))
+    assert all(torch.equal(a.x0, b.x0) for a, b in zip(nest.previews, van.previews))
+
+
+def test_nested_and_vanilla_final_samples_are_both_good(toy_net, schedule, mixture):
+    ref = mixture.sample(3000, torch.Generator().manual_seed(5))
+    x_T, g = _noise(3, 3000)
+    nest = run(nested(toy_net, schedule, 5, 20), x_T, generator=g)
+    van = run(vanilla(toy_net, schedule, 100), x_T, generator=g)
+    assert energy_distance(nest.x0, ref) < 0.005 and energy_distance(van.x0, ref) < 0.005
+    # anytime: nested's first preview (20 % of the NFEs) is already a sample; vanilla's is the blurry mean
+    early_nested, early_vanilla = nest.at(20).x0, van.at(20).x0
+    assert energy_distance(early_nested, ref) < 0.1 < energy_distance(early_vanilla, ref)
+
+
+# ---- NFE accounting and anytime stopping -----------------------------------------------------------------------
+
+def test_nfe_is_counted_at_the_network_and_equals_the_sum_of_inner_steps(toy_net, schedule):
+    inner = [3, 5, 2, 7, 1]
+    events = []
+    x_T, g = _noise(4)
+    result = run(nested(toy_net, schedule, 5, inner), x_T, generator=g, callback=events.append)
+    assert result.nfe == toy_net.nfe == sum(inner) == result.planned_nfe
+    assert [p.nfe for p in result.previews] == [3, 8, 10, 17, 18]
+    inner_events = [e for e in events if e.depth == 1]
+    assert [e.nfe for e in inner_events] == list(range(1, 19))  # every inner x̂_0, one NFE apart
+    assert [e.path for e in inner_events][:4] == [(0, 0), (0, 1), (0, 2), (1, 0)]
+    assert [e.t for e in events if e.depth == 0] == [999, 799, 600, 400, 201]
+    assert all(e.t_next == -1 for e in inner_events if e.path[1] == inner[e.path[0]] - 1)  # inner runs end clean
+
+
+def test_stopping_at_a_budget_returns_the_right_preview(toy_net, schedule):
+    proc = nested(toy_net, schedule, 5, [3, 5, 2, 7, 1])
+    x_T, _ = _noise(5)
+    full = run(proc, x_T, generator=torch.Generator().manual_seed(0))
+    for budget, last in [(3, 3), (9, 8), (10, 10), (16, 10), (17, 17), (100, 18)]:
+        part = run(proc, x_T, generator=torch.Generator().manual_seed(0), budget=budget)
+        assert part.previews[-1].nfe == last == part.nfe  # no NFE is spent on an outer step that cannot finish
+        assert torch.equal(part.x0, full.at(budget).x0)
+        assert part.stopped == (None if last == 18 else "budget")
+
+
+def test_a_budget_below_the_first_preview_is_refused(toy_net, schedule):
+    x_T, g = _noise(6)
+    with pytest.raises(ValueError, match="costs 20 NFEs; ask for at least 20"):
+        run(nested(toy_net, schedule, 5, 20), x_T, generator=g, budget=19)
+    with pytest.raises(ValueError, match="positive number of NFEs"):
+        run(nested(toy_net, schedule, 5, 20), x_T, generator=g, budget=0)
+
+
+def test_keyboard_interrupt_returns_the_last_finished_outer_x0(toy_net, schedule):
+    def stop_at_nfe_13(event):
+        if event.nfe == 13:
+            raise KeyboardInterrupt
+
+    x_T, _ = _noise(7)
+    proc = nested(toy_net, schedule, 5, 4)
+    full = run(proc, x_T, generator=torch.Generator().manual_seed(1))
+    part = run(proc, x_T, generator=torch.Generator().manual_seed(1), callback=stop_at_nfe_13)
+    assert part.stopped == "interrupt" and part.nfe == 13 and part.previews[-1].nfe == 12
+    assert torch.equal(part.x0, full.at(12).x0)
+    with pytest.raises(KeyboardInterrupt):  # nothing finished yet: the interrupt goes through
+        run(proc, x_T, generator=torch.Generator().manual_seed(1), callback=lambda e: (_ for _ in ()).throw(KeyboardInterrupt))
+
+
+def test_previews_are_decoded_only_when_asked(toy_net, schedule):
+    x_T, g = _noise(8)
+    calls = []
+    plain = run(nested(toy_net, schedule, 3, 2), x_T, generator=g)
+    assert all(p.image is None for p in plain.previews)
+    decoded = run(nested(toy_net, schedule, 3, 2), x_T, generator=g, decode=lambda x0: calls.append(1) or x0.norm())
+    assert len(calls) == 3 and all(p.image is not None for p in decoded.previews)
+
+
+def test_record_inner_keeps_every_inner_estimate(toy_net, schedule):
+    x_T, g = _noise(9)
+    result = run(nested(toy_net, schedule, 4, 5), x_T, generator=g, record_inner=True)
+    assert [e.nfe for e in result.inner] == list(range(1, 21))
+
+
+# ---- determinism -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda n, s: nested(n, s, 5, 4, inner_transition="ddpm"),
+    lambda n, s: nested(n, s, 5, 4, inner_transition="ddim", inner_eta=0.85, outer_eta=0.3),
+    lambda n, s: vanilla(n, s, 20, transition="ddpm"),
+])
+def test_same_seed_same_numbers(toy_net, schedule, make):
+    x_T, _ = _noise(10)
+    a = run(make(toy_net, schedule), x_T, generator=torch.Generator().manual_seed(3)).x0
+    b = run(make(toy_net, schedule), x_T, generator=torch.Generator().manual_seed(3)).x0
+    c = run(make(toy_net, schedule), x_T, generator=torch.Generator().manual_seed(4)).x0
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_the_global_rng_is_never_touched(toy_net, schedule):
+    state = torch.get_rng_state()
+    x_T, g = _noise(11)
+    run(nested(toy_net, schedule, 5, 4, inner_transition="ddpm"), x_T, generator=g)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_golden_full_loop_numbers(toy_net, schedule):
+    """Golden sums in the manner of diffusers' scheduler tests: a refactor that changes numbers fails loudly."""
+    x_T, _ = _noise(12)
+    nest = run(nested(toy_net, schedule, 5, 4, inner_transition="ddpm"), x_T, generator=torch.Generator().manual_seed(0))
+    van = run(vanilla(toy_net, schedule, 20, transition="ddim", eta=0.5), x_T, generator=torch.Generator().manual_seed(0))
+    assert nest.x0.sum().item() == pytest.approx(GOLDEN["nested_sum"], abs=1e-8)
+    assert nest.x0.abs().mean().item() == pytest.approx(GOLDEN["nested_abs_mean"], abs=1e-10)
+    assert van.x0.sum().item() == pytest.approx(GOLDEN["vanilla_sum"], abs=1e-8)
+
+
+GOLDEN = {"nested_sum": -332.6729254153551, "nested_abs_mean": 1.4609392672120574, "vanilla_sum": -270.6466977926566}
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------------
+
+def test_bad_inputs_raise_errors_that_say_what_to_do(toy_net, schedule):
+    x_T, g = _noise(13)
+    with pytest.raises(ValueError, match="positive integer"):
+        nested(toy_net, schedule, 0, 5)
+    with pytest.raises(ValueError, match="positive integer"):
+        vanilla(toy_net, schedule, -2)
+    with pytest.raises(ValueError, match="at most 202 steps"):  # the last outer t is 201
+        run(nested(toy_net, schedule, 5, 250), x_T, generator=g)
+    with pytest.raises(ValueError, match="eta must lie in"):
+        nested(toy_net, schedule, 5, 4, inner_transition="ddim", inner_eta=1.2)
+    with pytest.raises(ValueError, match="one inner step count per outer step"):
+        nested(toy_net, schedule, 5, [4, 4])
+    with pytest.raises(ValueError, match="unknown transition"):
+        vanilla(toy_net, schedule, 5, transition="euler")
+    with pytest.raises(ValueError, match="learned variance is DDPM's"):
+        vanilla(toy_net, schedule, 5, transition="ddim", learned_variance=True)
+    with pytest.raises(TypeError, match="floating-point tensor"):
+        run(vanilla(toy_net, schedule, 5), [[0.0, 1.0]])
+
+
+def test_mismatched_shapes_are_refused(schedule):
+    x_T, g = _noise(14, n=8)
+    labels = Network(lambda x, t, c: torch.zeros_like(x), cond=torch.zeros(5), null_cond=torch.zeros(5), guidance_scale=2.0)
+    with pytest.raises(ValueError, match="cond has batch size 5 but x has 8"):
+        run(vanilla(labels, schedule, 3), x_T, generator=g)
+    wrong = Network(lambda x, t, c: torch.zeros(x.shape[0], 3, dtype=x.dtype))
+    with pytest.raises(ValueError, match="must return x's shape"):
+        run(vanilla(wrong, schedule, 3), x_T, generator=g)
+    with pytest.raises(ValueError, match="needs a null condition"):
+        Network(lambda x, t, c: x, cond=torch.zeros(8), guidance_scale=1.5)
+
+
+# ---- guidance and learned variance: part of the network, used by the inner process only --------------------------
+
+class Recorder:
+    """A fake conditional network: eps = cond-dependent constant; variance channels = cond-dependent too."""
+
+    def __init__(self, learned_variance=False):
+        self.batches, self.learned_variance = [], learned_variance
+
+    def __call__(self, x, t, cond):
+        self.batches.append(x.shape[0])
+        eps = 0.1 * cond[:, None].to(x.dtype).expand(x.shape)
+        if not self.learned_variance:
+            return eps
+        return torch.cat([eps, (cond[:, None].to(x.dtype) / 10 - 0.5).expand(x.shape)], 1)
+
+
+def test_guidance_is_applied_inside_the_inner_process_only(schedule):
+    fn = Recorder()
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    net = Network(fn, cond=torch.full((4,), 3), null_cond=torch.full((4,), 10), guidance_scale=1.5)
+    eps = net(x, 500)
+    assert torch.allclose(eps, torch.full_like(x, 1.0 + 1.5 * (0.3 - 1.0)))  # eps_u + s (eps_c - eps_u)
+    fn.batches.clear()
+    result = run(nested(net, schedule, 4, 3), torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator()))
+    assert fn.batches == [8] * 12  # every call is a guided inner call: the outer process never calls the network
+
+
+def test_variance_channels_come_from_the_conditional_branch():
+    fn = Recorder(learned_variance=True)
+    net = Network(fn, cond=torch.full((4,), 3), null_cond=torch.full((4,), 10), guidance_scale=4.0)
+    out = net(torch.zeros(4, 2), 100)
+    assert torch.allclose(out[:, 2:], torch.full((4, 2), 0.3 - 0.5))
+
+
+def test_learned_variance_step_has_dits_mean_and_variance(schedule):
+    """LearnedVariance + DDPM posterior = diffusers' DDPM step with variance_type='learned_range', in law."""
+    n, t, t_next = 40000, 500, 250
+    x_t = torch.full((n, 1), 0.7, dtype=torch.float64)
+    v = -0.3  # the network's variance output, in [-1, 1]
+    fn = lambda x, tt, c: torch.cat([torch.full_like(x, 0.2), torch.full_like(x, v)], 1)
+    sampler = LearnedVariance(Network(fn), schedule)
+    ctx = Context(generator=torch.Generator().manual_seed(0))
+    x0 = sampler(x_t, t, t_next, ctx)
+    ours = DDPM(schedule)(x_t, x0, t, t_next, ctx.generator)
+    sched = DDPMScheduler(variance_type="learned_range", clip_sample=False)
+    sched.set_timesteps(timesteps=[t, t_next])
+    theirs = sched.step(fn(x_t, None, None), t, x_t, generator=torch.Generator().manual_seed(1)).prev_sample
+    assert ours.mean().item() == pytest.approx(theirs.mean().item(), abs=0.01)
+    assert ours.var().item() == pytest.approx(theirs.var().item(), rel=0.03)
+    assert x0.var().item() > 0  # the x̂_0 draw itself carries the extra variance
+
+
+def test_learned_variance_is_used_in_the_inner_process_only(schedule):
+    fn = Recorder(learned_variance=True)
+    net = Network(fn, cond=torch.full((4,), 3), null_cond=torch.full((4,), 10), guidance_scale=1.5)
+    proc = nested(net, schedule, 3, 4, learned_variance=True)
+    assert isinstance(proc.x0_sampler.x0_sampler, LearnedVariance)
+    assert type(proc.transition).__name__ == "DDIM" and proc.transition.eta == 0.0
+
+
+# ---- diffusers schedulers as the inner process ------------------------------------------------------------------
+
+def test_diffusers_ddpm_inner_equals_ours(toy_net, schedule):
+    x_T, _ = _noise(15)
+    ours = run(nested(toy_net, schedule, 4, 5, inner_transition="ddpm"), x_T, generator=torch.Generator().manual_seed(2))
+    theirs = run(nested(toy_net, schedule, 4, 5, inner_scheduler=DDPMScheduler(clip_sample=False)), x_T,
+                 generator=torch.Generator().manual_seed(2))
+    assert (ours.x0 - theirs.x0).abs().max().item() < 1e-5
+    assert theirs.nfe == 20
+
+
+def test_diffusers_ddim_inner_uses_our_matching_ddim(toy_net, schedule):
+    x_T, _ = _noise(16)
+    ours = run(nested(toy_net, schedule, 4, 5, inner_transition="ddim", inner_eta=0.85), x_T, generator=torch.Generator().manual_seed(2))
+    theirs = run(nested(toy_net, schedule, 4, 5, inner_scheduler=DDIMScheduler(clip_sample=False), inner_eta=0.85), x_T,
+                 generator=torch.Generator().manual_seed(2))
+    assert torch.equal(ours.x0, theirs.x0)
+
+
+def test_scheduler_sampler_equals_the_schedulers_own_loop(toy_net, schedule):
+    """With diffusers' own "linspace" grid, SchedulerSampler from T is exactly DPMSolverMultistepScheduler's loop."""
+    x_T, g = _noise(17)
+    solver = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)
+    ours = SchedulerSampler(solver, toy_net, 8, drop_end=True)(x_T, 999, -1, Context(generator=g))
+    solver.set_timesteps(8)
+    x = x_T
+    for t in solver.timesteps:
+        x = solver.step(toy_net(x, int(t)), t, x).prev_sample
+    assert torch.equal(ours, x)
+
+
+def test_dpm_solver_pp_as_the_inner_process(toy_net, schedule, mixture):
+    ref = mixture.sample(2000, torch.Generator().manual_seed(5))
+    x_T, g = _noise(17, 2000)
+    solver = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)
+    events = []
+    proc = nested(toy_net, schedule, 5, 4, inner_scheduler=solver, inner_drop_end=True)
+    result = run(proc, x_T, generator=g, callback=events.append)
+    assert result.nfe == 20 and [e.nfe for e in events if e.depth == 1] == list(range(1, 21))
+    assert energy_distance(result.x0, ref) < 0.05  # measured 0.036 (a deterministic inner process: see chapter 5)
+
+
+def test_schedulers_without_custom_timesteps_are_refused(toy_net):
+    with pytest.raises(ValueError, match="cannot start at an arbitrary timestep"):
+        SchedulerSampler(DDIMScheduler(), toy_net, 4)

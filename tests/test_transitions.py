@@ -1,0 +1,132 @@
+"""Our transitions q(x_{t'} | x̂_0, x_t) against diffusers' schedulers, given the same x̂_0 (prediction_type="sample")."""
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from nestedlib import CLEAN, DDIM, DDPM, Schedule, outer_timesteps, split_budget, timesteps
+
+BETAS = {"linear": Schedule.linear(), "scaled_linear": Schedule.scaled_linear()}
+RANGES = {"linear": dict(beta_start=1e-4, beta_end=0.02), "scaled_linear": dict(beta_start=0.00085, beta_end=0.012)}
+
+
+def _pair(seed, shape=(4, 3, 5, 5), dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=dtype), torch.randn(shape, generator=g, dtype=dtype)
+
+
+def _float64(sched):
+    """diffusers computes DDIM's coefficients in float32, where 1 - abar_t / abar_t' near t = 0 keeps only 3-4
+    digits (up to 1.6e-4 apart from the exact value at 1000 steps); in float64 both sides compute the same formula."""
+    sched.alphas_cumprod = sched.alphas_cumprod.double()
+    sched.final_alpha_cumprod = sched.final_alpha_cumprod.double()
+    return sched
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear"])
+@pytest.mark.parametrize("grid", [None, [999, 749, 500, 250, 0], [999, 666, 334, 1], [600, 413, 77, 3]])
+def test_ddpm_matches_diffusers(beta_schedule, grid):
+    sched = DDPMScheduler(beta_schedule=beta_schedule, **RANGES[beta_schedule], prediction_type="sample", clip_sample=False)
+    if grid is None:
+        sched.set_timesteps(50)
+    else:
+        sched.set_timesteps(timesteps=grid)
+    ours = DDPM(BETAS[beta_schedule])
+    worst = 0.0
+    for i, t in enumerate(sched.timesteps.tolist()):
+        x_t, x0 = _pair(i)
+        prev = sched.previous_timestep(t)
+        prev = int(prev) if int(prev) >= 0 else CLEAN
+        theirs = sched.step(x0, t, x_t, generator=torch.Generator().manual_seed(i)).prev_sample
+        mine = ours(x_t, x0, t, prev, torch.Generator().manual_seed(i))
+        worst = max(worst, (theirs - mine).abs().max().item())
+    assert worst <= 1e-5
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear"])
+@pytest.mark.parametrize("eta", [0.0, 0.25, 0.5, 0.85, 1.0])
+@pytest.mark.parametrize("n", [4, 10, 50, 250, 1000])
+def test_ddim_matches_diffusers(beta_schedule, eta, n):
+    sched = DDIMScheduler(beta_schedule=beta_schedule, **RANGES[beta_schedule], prediction_type="sample", clip_sample=False)
+    sched.set_timesteps(n)
+    if n > 50:
+        _float64(sched)
+    ours = DDIM(BETAS[beta_schedule], eta)
+    worst = 0.0
+    for i, t in enumerate(sched.timesteps.tolist()):
+        x_t, x0 = _pair(100 + i, dtype=torch.float64 if n > 50 else torch.float32)
+        prev = t - 1000 // n  # DDIMScheduler's own stride
+        theirs = sched.step(x0, t, x_t, eta=eta, generator=torch.Generator().manual_seed(i)).prev_sample
+        mine = ours(x_t, x0, t, prev if prev >= 0 else CLEAN, torch.Generator().manual_seed(i))
+        worst = max(worst, (theirs - mine).abs().max().item())
+    assert worst <= 1e-5
+
+
+@pytest.mark.parametrize("t, t_next", [(999, 749), (500, 250), (250, 0), (40, 39)])
+def test_ddim_eta_one_is_the_ddpm_posterior(t, t_next):
+    s = BETAS["linear"]
+    x_t, x0 = _pair(7)
+    a = DDIM(s, 1.0)(x_t, x0, t, t_next, torch.Generator().manual_seed(3))
+    b = DDPM(s)(x_t, x0, t, t_next, torch.Generator().manual_seed(3))
+    assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_last_step_returns_x0_exactly():
+    s = BETAS["linear"]
+    x_t, x0 = _pair(8)
+    assert torch.equal(DDPM(s)(x_t, x0, 0, CLEAN), x0)
+    assert torch.equal(DDIM(s, 0.85)(x_t, x0, 334, CLEAN), x0)
+
+
+def test_ddim_eta_zero_is_deterministic_and_draws_nothing():
+    s = BETAS["linear"]
+    x_t, x0 = _pair(9)
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    DDIM(s, 0.0)(x_t, x0, 999, 500, g)
+    assert torch.equal(g.get_state(), state)
+
+
+@pytest.mark.parametrize("eta", [-0.1, 1.5, "1"])
+def test_eta_outside_unit_interval_is_refused(eta):
+    with pytest.raises(ValueError, match="eta must lie in"):
+        DDIM(BETAS["linear"], eta)
+
+
+def test_schedules_equal_diffusers():
+    for name, ours in BETAS.items():
+        theirs = DDPMScheduler(beta_schedule=name, **RANGES[name])
+        assert torch.equal(ours.alphas_cumprod, theirs.alphas_cumprod)
+
+
+def test_grids_follow_the_paper_settings():
+    assert timesteps(999, 5) == [999, 749, 500, 250, 0]  # DiT inner process, both ends
+    assert timesteps(999, 4, t_end=1) == [999, 666, 334, 1]  # authors' SD inner process
+    assert outer_timesteps(5) == [999, 799, 600, 400, 201]
+    sd = outer_timesteps(25)
+    assert len(sd) == 25 and sd[0] == 999 and 1 not in sd
+    assert timesteps(17, 1) == [17]
+    assert timesteps(10, 11) == list(range(10, -1, -1))
+
+
+@pytest.mark.parametrize("steps", [0, -3, 2.5, True])
+def test_invalid_step_counts_are_refused(steps):
+    with pytest.raises(ValueError, match="positive integer"):
+        timesteps(999, steps)
+
+
+def test_too_many_steps_say_how_many_fit():
+    with pytest.raises(ValueError, match="at most 202 steps"):
+        timesteps(201, 250)
+
+
+def test_budgets_that_do_not_divide_are_refused():
+    assert split_budget(250, 5) == 50
+    with pytest.raises(ValueError, match="does not divide into 3 outer steps"):
+        split_budget(100, 3)
+    with pytest.raises(ValueError, match="positive integer"):
+        split_budget(0, 5)
+
+
+def test_abar_of_unknown_timestep_is_refused():
+    with pytest.raises(ValueError, match="outside"):
+        BETAS["linear"].abar(1000)
