@@ -36,6 +36,10 @@ class BudgetExhausted(RuntimeError):
     """Raised by the meter when one more network evaluation would exceed the run's NFE budget."""
 
 
+class StopSampling(Exception):
+    """Raise it from a callback (e.g. a Stop button) to end a run the way Ctrl-C does: the last outer x̂_0 is kept."""
+
+
 class Meter:
     """The NFE counter of one run: every network evaluation ticks it once."""
 
@@ -382,8 +386,8 @@ def run(
 ) -> Result:
     """Anytime sampling with Algorithm 1 or 2 from x_T: every outer x̂_0 is a preview with its exact NFE count.
 
-    Stops after the last outer step that fits in `budget` NFEs, or at Ctrl-C (KeyboardInterrupt), and returns the
-    last finished outer x̂_0. Previews are decoded only when `decode` is given.
+    Stops after the last outer step that fits in `budget` NFEs, or at Ctrl-C (KeyboardInterrupt, or StopSampling
+    raised by the callback), and returns the last finished outer x̂_0. Previews are decoded only when `decode` is given.
     """
     if not torch.is_tensor(x_T) or not x_T.is_floating_point():
         raise TypeError("x_T must be a floating-point tensor of noise, shaped (batch, channels, ...)")
@@ -421,7 +425,7 @@ def run(
                 break
         if n_steps < len(costs):
             stopped = "budget"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StopSampling):
         if not previews:
             raise
         stopped = "interrupt"

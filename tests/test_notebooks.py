@@ -40,7 +40,7 @@ def test_committed_without_outputs_and_with_one_parameters_cell(nb):
 
 def test_quickstart_claims(tmp_path):
     r = execute("quickstart", tmp_path)
-    ed = {row["nfe"]: row for row in r["energy_distance"]}
+    ed = {row["nfe"]: row for row in r["results"]["energy_distance"]}
     first, last = min(ed), max(ed)
     # anytime: after 20 % of the NFEs the nested preview is already a sample, vanilla's is not
     assert ed[first]["nested"] < 0.05 < 0.5 < ed[first]["vanilla"]
