@@ -1,0 +1,120 @@
+"""Nested and vanilla sampling end to end through tiny, randomly initialised diffusers pipelines (no download):
+the same DiTPipeline / StableDiffusionPipeline classes as DiT-XL/2 and Stable Diffusion 1.5."""
+import pytest
+import torch
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTPipeline, DiTTransformer2DModel,
+                       StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from nestedlib import LearnedVariance, NetworkMean, run
+from nestedlib.pipelines import dit_model, paper_samplers, pixel_model, sd_model
+
+
+def tiny_vae():
+    torch.manual_seed(0)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+                         norm_num_groups=4, sample_size=16)
+
+
+@pytest.fixture(scope="module")
+def dit_pipe():
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                        num_layers=1, sample_size=8, patch_size=2, num_embeds_ada_norm=1000,
+                                        norm_num_groups=4)
+    return DiTPipeline(transformer=transformer.eval(), vae=tiny_vae().eval(), scheduler=DDIMScheduler())
+
+
+@pytest.fixture(scope="module")
+def sd_pipe():
+    torch.manual_seed(0)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "seven</w>": 3, "digit</w>": 4, "!": 5}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8,
+                                        bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=2, norm_num_groups=4)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    return StableDiffusionPipeline(vae=tiny_vae().eval(), text_encoder=text.eval(), tokenizer=tokenizer,
+                                   unet=unet.eval(), scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+
+
+class Spy:
+    """Wraps a model's forward to record every batch it sees (and so guidance and the process that called it)."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, []
+        module.register_forward_pre_hook(lambda m, args, kwargs: self.calls.append(args[0].shape[0] if args else
+                                                                                   kwargs["hidden_states"].shape[0]),
+                                         with_kwargs=True)
+
+
+def test_dit_pipeline_nested_and_vanilla_end_to_end(dit_pipe):
+    model = dit_model(dit_pipe, [1, 7, 7], guidance_scale=1.5)
+    assert model.learned_variance and model.shape == (3, 4, 8, 8)
+    samplers = paper_samplers(model, total_nfe=20)
+    spy = Spy(dit_pipe.transformer)
+    with torch.no_grad():
+        nest = run(samplers["nested"], model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator().manual_seed(0))
+        van = run(samplers["vanilla"], model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator().manual_seed(0))
+        images = model.decode(nest.x0)
+    assert nest.nfe == van.nfe == 20 and [p.nfe for p in nest.previews] == [4, 8, 12, 16, 20]
+    assert spy.calls == [6] * 40  # every call is guided (cond + null in one batch): 20 inner calls, 20 vanilla calls
+    assert images.shape == (3, 3, 16, 16) and torch.isfinite(images).all()
+    # the learned variance serves the inner process only; the outer step is deterministic DDIM
+    inner = samplers["nested"].x0_sampler
+    assert isinstance(inner.x0_sampler, LearnedVariance) and type(inner.transition).__name__ == "DDPM"
+    assert type(samplers["nested"].transition).__name__ == "DDIM" and samplers["nested"].transition.eta == 0.0
+
+
+def test_dit_guidance_only_inside_the_inner_process(dit_pipe):
+    """With outer = 1 and guidance, nested equals vanilla: the outer step adds no network call and no guidance."""
+    model = dit_model(dit_pipe, [3, 4], guidance_scale=4.0)
+    from nestedlib import nested, vanilla
+    x_T = model.noise(torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = run(nested(model.network, model.schedule, 1, 6, learned_variance=True), x_T, generator=torch.Generator().manual_seed(2))
+        b = run(vanilla(model.network, model.schedule, 6, transition="ddpm", learned_variance=True), x_T,
+                generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a.x0, b.x0)
+
+
+def test_sd_pipeline_nested_and_vanilla_end_to_end(sd_pipe):
+    model = sd_model(sd_pipe, ["a seven", "a digit"], guidance_scale=7.5)
+    assert not model.learned_variance and model.shape == (2, 4, 8, 8)
+    samplers = paper_samplers(model, total_nfe=50)  # 25 outer x 2 inner, as the authors' script at 50 NFEs
+    spy = Spy(sd_pipe.unet)
+    with torch.no_grad():
+        nest = run(samplers["nested"], model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator().manual_seed(0))
+        images = model.decode(nest.x0)
+    assert nest.nfe == 50 and len(nest.previews) == 25 and spy.calls == [4] * 50
+    assert images.shape == (2, 3, 16, 16)
+    inner = samplers["nested"].x0_sampler
+    assert isinstance(inner.x0_sampler, NetworkMean) and inner.transition.eta == 0.85
+    assert inner.grid(999) == [999, 1]  # the authors' inner grid over [1, t]
+
+
+def test_pixel_pipeline(dit_pipe):
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    model = pixel_model(DDPMPipeline(unet=unet.eval(), scheduler=DDPMScheduler()), batch_size=5)
+    with torch.no_grad():
+        res = run(paper_samplers(model, 10)["nested"], model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator())
+    assert res.x0.shape == (5, 1, 8, 8) and res.nfe == 10
+
+
+def test_bad_conditions_are_refused(dit_pipe, sd_pipe):
+    with pytest.raises(ValueError, match=r"class labels must lie in \[0, 999\]"):
+        dit_model(dit_pipe, [3, 1000])
+    with pytest.raises(ValueError, match="at least one prompt"):
+        sd_model(sd_pipe, [])
+    model = dit_model(dit_pipe, [1, 2])
+    with pytest.raises(ValueError, match="does not divide into 5 outer steps"):
+        paper_samplers(model, total_nfe=101)
