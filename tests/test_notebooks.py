@@ -12,6 +12,10 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # Small values for CI; the defaults in each notebook's parameters cell are what the rendered book shows.
 SMALL = {
     "quickstart": dict(n_samples=600),
+    "diffusion": dict(n_samples=600, steps=50),
+    "eq1_check": dict(n_samples=6000, n_energy=3000),
+    "algorithm1": dict(n_samples=1500, steps=20, step_counts=[1, 2, 50]),
+    "train_your_own": dict(steps=150, n_samples=16, total_nfe=20),
 }
 
 
@@ -46,3 +50,62 @@ def test_quickstart_claims(tmp_path):
     assert ed[first]["nested"] < 0.05 < 0.5 < ed[first]["vanilla"]
     # and the final results are equally good
     assert ed[last]["nested"] < 0.05 and ed[last]["vanilla"] < 0.05
+
+
+def test_algorithm1_claims(tmp_path):
+    r = execute("algorithm1", tmp_path)["results"]
+    assert r["max_abs_diff_nestedlib"] == 0.0  # the inline loop is nestedlib's, bit for bit
+    assert r["max_abs_diff_diffusers_ddpm"] < 1e-3 and r["max_abs_diff_diffusers_ddim"] < 1e-3
+    ed = {row["steps"]: row for row in r["energy_distance"]}
+    assert all(row["exact_posterior"] < 0.01 for row in ed.values())  # exact p(x0|x_t): right in any number of steps
+    assert ed[1]["dirac_mean"] > 1.0 and ed[2]["dirac_mean"] > 1.0  # a Dirac at the mean: averages, not samples
+    assert ed[max(ed)]["dirac_mean"] < 0.01  # ... until the steps are many
+
+
+def test_diffusion_claims(tmp_path):
+    r = execute("diffusion", tmp_path)["results"]
+    assert all(row["energy_distance"] < 0.02 for row in r["forward"])  # step-by-step chain == one closed-form jump
+    assert r["ddpm"]["inline_vs_library"] < 1e-9  # the inline DDPM loop is nestedlib's vanilla DDPM
+    assert r["ddpm"]["nfe"] == r["ddpm"]["steps"] and r["ddpm"]["energy_distance"] < 0.02  # and it samples the data
+    est = sorted(r["estimates"], key=lambda row: -row["t"])
+    # at t = 999 every estimate E[x0|x_t] sits at the data mean, off every cluster
+    assert est[0]["t"] == 999 and est[0]["off_mode"] > 0.99 and est[0]["max_distance_to_mean"] < 0.2
+    # in the middle of sampling most estimates lie between the clusters, where the data has almost no mass
+    mid = min(est, key=lambda row: abs(row["t"] - 500))
+    assert mid["off_mode"] > 0.5 > 10 * r["data_off_mode"] and mid["energy_distance"] > 0.3
+    # at the end they are data points
+    assert est[-1]["off_mode"] < 0.05 and est[-1]["energy_distance"] < 0.02
+    # where two clusters are likely, the posterior mean lies far from every cluster centre
+    assert max(p["nearest_centre_in_std"] for p in r["posterior_at_500"]) > 4
+    if "digits" in r:  # the digits section, present once the bundled digits8 model is
+        rows, ref = sorted(r["digits"]["rows"], key=lambda row: -row["t"]), r["digits"]["reference"]
+        # early estimates are blurry averages: near the average digit and far less sharp than real digits
+        assert rows[0]["rms_to_mean_digit"] < 0.5 * ref["rms_to_mean_digit"]
+        assert rows[0]["sharpness"] < 0.7 * ref["sharpness"]
+        assert rows[-1]["sharpness"] > 0.7 * ref["sharpness"]  # the final samples are as sharp as digits
+
+
+def test_eq1_check_claims(tmp_path):
+    r = execute("eq1_check", tmp_path)["results"]
+    fixed = r["fixed_x_t"]
+    floor, eq1, dirac = fixed["left side, second draw"], fixed["Eq. 1, exact posterior"], fixed["Dirac at the mean"]
+    assert r["inline_vs_library"] < 1e-12
+    # Eq. 1 with exact posterior draws is the exact reverse step: as close as a second draw of the left side
+    assert floor["energy_distance"] < 0.005 and eq1["energy_distance"] < 0.005 and eq1["cov_error"] < 0.1
+    # a Dirac at the mean has the right mean but misses covariance, and is far from the exact law
+    assert dirac["mean_error"] < 0.05 and dirac["cov_error"] > 0.5 and dirac["energy_distance"] > 0.05
+    assert r["closed_form"]["mean_identity"] < 1e-10 and r["closed_form"]["cov_identity"] < 1e-10
+    ratios = [row["ratio"] for row in r["step_length"]]
+    assert ratios == sorted(ratios) and ratios[0] < 0.01 < 1 < ratios[-1]  # missing part grows with the step
+    ddim = r["ddim"]
+    fixed_eta = dict(zip(ddim["etas"], ddim["fixed_x_t"]))
+    assert fixed_eta[1.0] < 0.005 and fixed_eta[0.0] > 0.05  # for a fixed x_t only eta = 1 is the DDPM step
+    assert all(v < 0.005 for v in ddim["marginal"]) and ddim["marginal_floor"] < 0.005  # every eta keeps p(x_t')
+    assert ddim["dirac_marginal"] > 0.03
+
+
+def test_train_your_own_runs(tmp_path):
+    r = execute("train_your_own", tmp_path)["results"]
+    assert r["final_loss"] < r["first_loss"] / 3  # the loop learns
+    assert r["legibility"]["held_out_real"] > 0.5  # the legibility score reads real digits
+    assert set(r["legibility"]["nested"]) == set(r["legibility"]["vanilla"]) == {"4", "8", "12", "16", "20"}
