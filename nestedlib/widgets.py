@@ -69,14 +69,13 @@ def frames_at(result: Result, nfes: Sequence[int], render: Callable[[torch.Tenso
     cache: dict[int, bytes] = {}
     frames = []
     for n in nfes:
-        done = [p for p in result.previews if p.nfe <= n]
-        if not done:
+        if n < result.previews[0].nfe:
             frames.append(blank)
             continue
-        last = done[-1]
-        if last.nfe not in cache:
-            cache[last.nfe] = render(last.x0)
-        frames.append(cache[last.nfe])
+        preview = result.at(n)
+        if preview.nfe not in cache:
+            cache[preview.nfe] = render(preview.x0)
+        frames.append(cache[preview.nfe])
     return frames
 
 

@@ -1,4 +1,5 @@
 """The book builds with warnings as errors, and its pages work offline in a real browser (headless Chromium)."""
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,13 @@ def test_book_builds_without_warnings(html):
     assert "<img" in page  # the executed notebook's figure is in the page
 
 
+def test_every_chapter_has_a_colab_button(html):
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        page = html / "notebooks" / f"{nb.stem}.html"
+        if page.exists():  # only chapters listed in _toc.yml are built
+            assert f"colab.research.google.com/github/" in page.read_text() and f"notebooks/{nb.stem}.ipynb" in page.read_text()
+
+
 def test_pages_load_no_script_or_style_from_a_cdn(html):
     for page in html.rglob("*.html"):
         text = page.read_text()
@@ -42,7 +50,9 @@ def page_weights(html: Path) -> dict[str, int]:
 
 
 def test_page_weight_is_reasonable(html):
-    heavy = {k: v for k, v in page_weights(html).items() if v > 3_000_000}
+    weights = page_weights(html)
+    print("page weights (bytes):", json.dumps(weights, indent=1, sort_keys=True))
+    heavy = {k: v for k, v in weights.items() if v > 3_000_000}
     assert not heavy, f"pages over 3 MB (precomputed slider frames?): {heavy}"
 
 
@@ -83,12 +93,16 @@ def visible_frames(driver) -> list[str]:
     )
 
 
-def test_nfe_slider_scrubs_frames_offline(html, browser):
+SLIDER_PAGES = ["quickstart", "algorithm2", "train_your_own"]
+
+
+@pytest.mark.parametrize("chapter", SLIDER_PAGES)
+def test_nfe_slider_scrubs_frames_offline(html, browser, chapter):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get((html / "notebooks" / "quickstart.html").as_uri())
+    browser.get((html / "notebooks" / f"{chapter}.html").as_uri())
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".noUi-handle"))
     WebDriverWait(browser, 30).until(lambda d: len(visible_frames(d)) >= 2)
     before = visible_frames(browser)

@@ -1,0 +1,47 @@
+"""Widgets: frames come from the run's own previews (nothing is re-sampled), sliders are linked in the browser."""
+import pytest
+import torch
+
+from nestedlib import nested, run
+from nestedlib.widgets import LiveRun, frames_at, image_grid, nfe_scrubber, png
+
+
+def test_frames_are_the_previews_held_at_each_nfe(toy_net, schedule):
+    result = run(nested(toy_net, schedule, 5, 4), torch.randn(10, 2, dtype=torch.float64), generator=torch.Generator())
+    rendered = []
+    frames = frames_at(result, [1, 3, 4, 5, 8, 20], lambda x0: rendered.append(x0) or str(len(rendered)).encode(), b"-")
+    assert frames == [b"-", b"-", b"1", b"1", b"2", b"3"]  # blank before the first preview, then the preview held
+    assert len(rendered) == 3 and all(any(x is p.x0 for p in result.previews) for x in rendered)  # each rendered once
+
+
+def test_scrubber_links_slider_and_stacks_in_the_browser():
+    import ipywidgets as W
+
+    frames = [png(image_grid(torch.full((4, 1, 8, 8), v))) for v in (-1.0, 0.0, 1.0)]
+    box = nfe_scrubber({"a": frames, "b": frames[::-1]}, [10, 20, 30])
+    slider = box.children[0]
+    assert isinstance(slider, W.SelectionSlider) and slider.options == (10, 20, 30)
+    stacks = [col.children[1] for col in box.children[1].children]
+    assert all(isinstance(s, W.Stack) and s.selected_index == 2 for s in stacks)
+    # the slider-to-stack links run in the browser (jslink): tests/test_book.py moves the slider in Chromium
+    with pytest.raises(ValueError, match="one per value"):
+        nfe_scrubber({"a": frames[:2]}, [10, 20, 30])
+
+
+def test_image_grid_layout():
+    grid = image_grid(torch.zeros(5, 1, 8, 8), nrow=3, pad=1, scale=2)
+    assert grid.shape == (2 * (2 * 9 + 1), 2 * (3 * 9 + 1), 1) and grid.dtype.name == "uint8"
+
+
+def test_live_run_stops_on_request(toy_net, schedule):
+    from functools import partial
+
+    proc = nested(toy_net, schedule, 5, 20)
+    live = LiveRun({"nested": partial(run, proc, torch.randn(50, 2, dtype=torch.float64), generator=torch.Generator())},
+                   render=lambda x0: b"png", total_nfe=100)
+    live.stop()  # Stop pressed: the run ends at its first event, before any preview
+    live._run("nested")
+    assert "stopped" in live.labels["nested"].value
+    live.start()  # Start clears the stop request
+    live.join()
+    assert live.results["nested"].nfe == 100 and live.progress["nested"].value == 100
