@@ -107,8 +107,8 @@ def _vae_decoder(vae) -> Callable[[torch.Tensor], torch.Tensor]:
 
 # The guidance scale each model is sampled with by default: the paper's for the hub models; for the bundled ones,
 # the scale their model cards report quality at.
-GUIDANCE = {"facebook/DiT-XL-2-256": 1.5, "stable-diffusion-v1-5/stable-diffusion-v1-5": 7.5, "mnist-dit": 3.0,
-            "mnist-sd": 3.0}
+GUIDANCE = {"facebook/DiT-XL-2-256": 1.5, "stable-diffusion-v1-5/stable-diffusion-v1-5": 7.5, "mnist-dit": 1.5,
+            "mnist-sd": 4.0}
 
 
 def prepare(name: str, cond: Any = None, guidance_scale: float | None = None, *, batch_size: int | None = None,

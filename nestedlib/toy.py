@@ -78,6 +78,44 @@ class GaussianMixture:
         z = torch.randn(x_t.shape, dtype=x_t.dtype, generator=generator)
         return m[torch.arange(len(k)), k] + v[k, None] ** 0.5 * z
 
+    def _reverse_components(self, x_t: torch.Tensor, abar_t: float, abar_prev: float):
+        """Per-component mean M_k(x_t), (n, K, D), and variance V_k, (K,), of p(x_{t'} | x_t, k), by Bayes.
+
+        x_{t'} | k ~ N(sqrt(abar_{t'}) mu_k, S_k I) with S_k = abar_{t'} s_k^2 + 1 - abar_{t'}, and the forward step
+        x_t | x_{t'} ~ N(sqrt(r) x_{t'}, (1 - r) I) with r = abar_t / abar_{t'}; with abar_{t'} = 1 this is `_components`.
+        """
+        if not 0.0 < abar_t <= abar_prev <= 1.0:
+            raise ValueError(
+                f"a reverse step goes from t to an earlier t' (0 < abar_t <= abar_t' <= 1), got abar_t={abar_t!r}, "
+                f"abar_t'={abar_prev!r}; swap the two if they are reversed"
+            )
+        r = abar_t / abar_prev  # alpha'_t = abar_t / abar_{t'} of the respaced step
+        S = abar_prev * self.stds**2 + (1 - abar_prev)  # S_k
+        if r == 1.0:  # an empty step: x_{t'} = x_t
+            return x_t[:, None, :].expand(-1, len(S), -1), torch.zeros_like(S)
+        v = S * (1 - r) / (r * S + 1 - r)  # V_k = 1 / (1 / S_k + r / (1 - r))
+        m = v[None, :, None] * (abar_prev**0.5 * self.means[None] / S[None, :, None] + r**0.5 * x_t[:, None, :] / (1 - r))
+        return m, v
+
+    def reverse_step_sample(
+        self, x_t: torch.Tensor, abar_t: float, abar_prev: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """x_{t'} ~ p(x_{t'} | x_t) exactly, the left side of Eq. 1, by Bayes per component (no x_0 drawn)."""
+        m, v = self._reverse_components(x_t, abar_t, abar_prev)
+        k = torch.multinomial(self.responsibilities(x_t, abar_t), 1, generator=generator)[:, 0]  # p(k | x_t)
+        z = torch.randn(x_t.shape, dtype=x_t.dtype, generator=generator)
+        return m[torch.arange(len(k)), k] + v[k, None] ** 0.5 * z
+
+    def reverse_step_moments(self, x_t: torch.Tensor, abar_t: float, abar_prev: float):
+        """Mean (n, D) and covariance (n, D, D) of p(x_{t'} | x_t), the left side of Eq. 1, in closed form."""
+        m, v = self._reverse_components(x_t, abar_t, abar_prev)
+        w = self.responsibilities(x_t, abar_t)  # (n, K)
+        mean = (w[..., None] * m).sum(1)
+        second = (w[..., None, None] * (m[..., :, None] * m[..., None, :])).sum(1)  # sum_k w_k M_k M_k^T
+        eye = torch.eye(self.dim, dtype=x_t.dtype)
+        cov = second + (w * v[None]).sum(1)[:, None, None] * eye - mean[:, :, None] * mean[:, None, :]
+        return mean, cov
+
     def eps(self, x_t: torch.Tensor, abar: float) -> torch.Tensor:
         """The exact epsilon-prediction: eps* = (x_t - sqrt(abar) E[x_0 | x_t]) / sqrt(1 - abar)."""
         return (x_t - abar**0.5 * self.posterior_mean(x_t, abar)) / (1 - abar) ** 0.5

@@ -16,6 +16,7 @@ SMALL = {
     "eq1_check": dict(n_samples=6000, n_energy=3000),
     "algorithm1": dict(n_samples=1500, steps=20, step_counts=[1, 2, 50]),
     "train_your_own": dict(steps=150, n_samples=16, total_nfe=20),
+    "algorithm2": dict(labels=list(range(10)), total_nfe=50, n_points=1000, outer_counts=[1, 5, 50]),
 }
 
 
@@ -40,6 +41,17 @@ def test_committed_without_outputs_and_with_one_parameters_cell(nb):
     code = [c for c in cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code), "strip outputs before committing"
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_first_code_cell_sets_the_chapter_up_on_colab(nb):
+    """Installs the project from the book's repository when nestedlib is missing (Colab); hidden in the book."""
+    import yaml
+
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    first = next(c for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code")
+    assert "remove-cell" in first.metadata.get("tags", [])
+    assert 'find_spec("nestedlib") is None' in first.source and url in first.source
 
 
 def test_quickstart_claims(tmp_path):
@@ -77,12 +89,12 @@ def test_diffusion_claims(tmp_path):
     assert est[-1]["off_mode"] < 0.05 and est[-1]["energy_distance"] < 0.02
     # where two clusters are likely, the posterior mean lies far from every cluster centre
     assert max(p["nearest_centre_in_std"] for p in r["posterior_at_500"]) > 4
-    if "digits" in r:  # the digits section, present once the bundled digits8 model is
-        rows, ref = sorted(r["digits"]["rows"], key=lambda row: -row["t"]), r["digits"]["reference"]
-        # early estimates are blurry averages: near the average digit and far less sharp than real digits
-        assert rows[0]["rms_to_mean_digit"] < 0.5 * ref["rms_to_mean_digit"]
-        assert rows[0]["sharpness"] < 0.7 * ref["sharpness"]
-        assert rows[-1]["sharpness"] > 0.7 * ref["sharpness"]  # the final samples are as sharp as digits
+    # digits (the bundled digits8 model): mid-run estimates are blurry averages, the final samples are digits
+    rows, ref = sorted(r["digits"]["rows"], key=lambda row: -row["t"]), r["digits"]["reference"]
+    blur = min(rows, key=lambda row: row["rms_to_mean_digit"])
+    assert blur["rms_to_mean_digit"] < 0.5 * ref["rms_to_mean_digit"] and blur["sharpness"] < 0.75 * ref["sharpness"]
+    assert rows[-1]["sharpness"] > 0.8 * ref["sharpness"] and rows[-1]["rms_to_mean_digit"] > 0.8 * ref["rms_to_mean_digit"]
+    assert r["digits"]["first_step_amplification"] > 100  # why the first estimate is left out of the figure
 
 
 def test_eq1_check_claims(tmp_path):
@@ -109,3 +121,16 @@ def test_train_your_own_runs(tmp_path):
     assert r["final_loss"] < r["first_loss"] / 3  # the loop learns
     assert r["legibility"]["held_out_real"] > 0.5  # the legibility score reads real digits
     assert set(r["legibility"]["nested"]) == set(r["legibility"]["vanilla"]) == {"4", "8", "12", "16", "20"}
+
+
+def test_algorithm2_claims(tmp_path):
+    r = execute("algorithm2", tmp_path)["results"]
+    assert r["inline_equals_nestedlib"]  # Algorithm 2 written inline is nestedlib.nested, every preview bit for bit
+    assert r["preview_nfes"]["nested"] == [10, 20, 30, 40, 50]  # a finished image every 50 / 5 NFEs
+    assert r["preview_nfes"]["vanilla"] == list(range(1, 51)) and r["nfe"] == {"vanilla": 50, "nested": 50}
+    acc = r["class_accuracy"]
+    assert acc["nested"]["10"] >= 0.8 and acc["nested"]["50"] >= 0.8  # anytime: the first preview is a real digit
+    trade = {row["outer"]: row for row in r["toy_tradeoff"]}
+    assert trade[1]["at_20_percent"] is None  # one outer step: nothing to show before the end
+    assert trade[5]["at_20_percent"] < 0.05 < 0.5 < trade[50]["at_20_percent"]  # 1-step inner runs: blurry
+    assert all(row["final"] < 0.05 for row in trade.values())  # the final quality holds at every split

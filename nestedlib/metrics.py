@@ -1,0 +1,100 @@
+"""Quality measures of generated digits, all read through the bundled evaluation classifier.
+
+* ``class_accuracy``: the fraction of generated digits the classifier reads as the requested class.
+* ``fid`` / ``kid``: Frechet / kernel distance between feature sets (Heusel et al. 2017; Binkowski et al.
+  2018), computed by torchmetrics with the classifier's 128-d penultimate layer in place of Inception
+  (``feature=ClassifierFeatures(...)``): Inception cannot run offline here; online GPU users can pass
+  ``feature=2048`` to torchmetrics themselves.
+* ``real_floor``: the same distance between two real sets (training part vs held-out part, same size):
+  the value a perfect generator would get, printed beside every FID.
+
+Images are float tensors (N, 1, 32, 32) in [-1, 1] (uint8 0..255 is accepted too).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import data
+
+
+class ClassifierFeatures(nn.Module):
+    """Feature extractor for torchmetrics: preprocesses its input itself, returns penultimate features."""
+
+    def __init__(self, classifier: nn.Module, scale: float = 1.0):
+        super().__init__()
+        self.classifier = classifier.eval()
+        self.scale = scale  # features are multiplied by it
+        self.num_features = int(classifier.head.in_features)  # read by torchmetrics instead of a dummy pass
+
+    @torch.no_grad()
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        """phi(x): uint8 0..255 or float [-1, 1], 1 or 3 channels -> (N, num_features)."""
+        x = imgs.float() / 127.5 - 1.0 if imgs.dtype == torch.uint8 else imgs.float()
+        if x.shape[1] == 3:  # grey images given as RGB
+            x = x.mean(dim=1, keepdim=True)
+        return self.classifier.features(x) * self.scale
+
+
+@torch.no_grad()
+def predict(classifier: nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Predicted class argmax_c p(c | x) of each image, (N,)."""
+    classifier.eval()
+    return torch.cat([classifier(images[i : i + batch].float()).argmax(1) for i in range(0, len(images), batch)])
+
+
+def class_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of images whose predicted class equals the requested label."""
+    return float((predict(classifier, images) == labels).float().mean())
+
+
+def _feed(metric, real: torch.Tensor, fake: torch.Tensor, batch: int = 500):
+    """Feed real and generated images to a torchmetrics distance in batches."""
+    for i in range(0, len(real), batch):
+        metric.update(real[i : i + batch], real=True)
+    for i in range(0, len(fake), batch):
+        metric.update(fake[i : i + batch], real=False)
+    return metric
+
+
+def fid(classifier: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Frechet distance ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)) in classifier features (Heusel et al. 2017)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier))
+    return float(_feed(metric, real, fake).compute())
+
+
+KID_FEATURE_SCALE = 0.1  # our features have E[phi^2] ~ 30; x 0.1 makes x.y/d ~ 0.3 in the cubic kernel, as with Inception
+
+
+def kid(classifier: nn.Module, real: torch.Tensor, fake: torch.Tensor, subsets: int = 50,
+        subset_size: int = 500, seed: int = 0) -> tuple[float, float]:
+    """Kernel distance: unbiased MMD^2 with cubic polynomial kernel, mean and std over subsets (Binkowski et al. 2018)."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    metric = KernelInceptionDistance(feature=ClassifierFeatures(classifier, KID_FEATURE_SCALE), subsets=subsets,
+                                     subset_size=min(subset_size, len(real), len(fake)))
+    _feed(metric, real, fake)
+    state = torch.random.get_rng_state()  # torchmetrics draws its subsets from the global RNG:
+    torch.manual_seed(seed)  # fix it for this call and restore it afterwards
+    try:
+        mean, std = metric.compute()
+    finally:
+        torch.random.set_rng_state(state)
+    return float(mean), float(std)
+
+
+def real_floor(classifier: nn.Module, n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Real-vs-real floor: FID/KID of n training digits (seeded draw) vs n held-out digits."""
+    x_train, _ = data.mnist("train")
+    x_held, _ = data.mnist("heldout")
+    g = torch.Generator().manual_seed(seed)
+    a = x_train[torch.randperm(len(x_train), generator=g)[:n]]
+    b = x_held[torch.randperm(len(x_held), generator=g)[:n]]
+    k_mean, k_std = kid(classifier, b, a, seed=seed)
+    return {"fid": fid(classifier, b, a), "kid": k_mean, "kid_std": k_std, "n": n}
+
+
+# energy_distance(a, b) lives below (written with the sampler core).

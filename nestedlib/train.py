@@ -1,0 +1,296 @@
+"""Training of the bundled models: small pure loss functions and one generic loop.
+
+Every loss takes the model, a batch and a ``torch.Generator`` (all noise, timesteps, label drops
+and augmentations are drawn from it, never from the global RNG), so that a seed fixes a run.
+The loop ``fit`` adds AdamW with linear warm-up, gradient clipping, an EMA copy of the weights,
+tqdm progress, a wall-clock budget and checkpoint/resume (the generator state is checkpointed too).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import random_shift
+
+LOG2 = math.log(2.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The forward chain q(x_t | x_0) as named tensors
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Chain:
+    """Named tensors of a discrete diffusion chain of T steps (Ho et al. 2020, sec. 2)."""
+
+    betas: torch.Tensor  # beta_t, t = 0..T-1
+    alphas_cumprod: torch.Tensor  # alpha_bar_t = prod_{s<=t} (1 - beta_s)
+    alphas_cumprod_prev: torch.Tensor  # alpha_bar_{t-1}, with alpha_bar_{-1} = 1
+    posterior_variance: torch.Tensor  # beta~_t = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)
+    posterior_log_variance_clipped: torch.Tensor  # log beta~_t, with beta~_0 replaced by beta~_1
+
+    @property
+    def num_steps(self) -> int:
+        return self.betas.numel()
+
+
+def make_chain(betas: torch.Tensor) -> Chain:
+    """Chain tensors from betas (Ho et al. 2020, eqs. 4, 6, 7; log-variance clipping of Nichol & Dhariwal 2021)."""
+    betas = betas.double()
+    ac = torch.cumprod(1.0 - betas, 0)  # alpha_bar_t
+    ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])  # alpha_bar_{t-1}
+    pv = betas * (1.0 - ac_prev) / (1.0 - ac)  # beta~_t (eq. 7)
+    plv = torch.log(torch.cat([pv[1:2], pv[1:]]))  # log beta~_t, beta~_0 := beta~_1 (it is 0)
+    return Chain(betas.float(), ac.float(), ac_prev.float(), pv.float(), plv.float())
+
+
+def linear_chain(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Chain:
+    """Linear betas 1e-4..0.02 over 1000 steps (Ho et al. 2020, sec. 4; DiT)."""
+    return make_chain(torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64))
+
+
+def scaled_linear_chain(num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Chain:
+    """Scaled-linear betas 0.00085..0.012 (Stable Diffusion, Rombach et al. 2022)."""
+    return make_chain(torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64) ** 2)
+
+
+def _at(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Gather v[t] and shape it (N, 1, 1, 1) to broadcast over images."""
+    return v[t].view(-1, 1, 1, 1)
+
+
+def q_sample(chain: Chain, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (Ho et al. 2020, eq. 4)."""
+    ab = _at(chain.alphas_cumprod, t)  # alpha_bar_t
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+
+def draw_t_eps(chain: Chain, x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """t ~ U{0..T-1} and eps ~ N(0, I), both from generator g (Ho et al. 2020, Algorithm 1)."""
+    t = torch.randint(0, chain.num_steps, (x0.shape[0],), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    return t, eps
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------
+
+
+def l_simple(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """DDPM L_simple = E ||eps - eps_theta(x_t, t)||^2 (Ho et al. 2020, eq. 14)."""
+    return F.mse_loss(eps_pred, eps)
+
+
+def gaussian_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats."""
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """-log N(x; mean, e^logvar) per element, in nats (continuous decoder term L_0 for latents)."""
+    return 0.5 * (math.log(2 * math.pi) + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+
+
+def learned_range_log_variance(chain: Chain, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """log Sigma = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1) / 2 (Nichol & Dhariwal 2021, eq. 15; DiT)."""
+    frac = (v + 1) / 2
+    return frac * torch.log(_at(chain.betas, t)) + (1 - frac) * _at(chain.posterior_log_variance_clipped, t)
+
+
+def posterior_mean(chain: Chain, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Mean of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7)."""
+    b, ab, ab_prev = _at(chain.betas, t), _at(chain.alphas_cumprod, t), _at(chain.alphas_cumprod_prev, t)
+    coef_x0 = b * ab_prev.sqrt() / (1 - ab)  # beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t)
+    coef_xt = (1 - ab_prev) * (1 - b).sqrt() / (1 - ab)  # (1 - alpha_bar_{t-1}) sqrt(alpha_t) / (1 - alpha_bar_t)
+    return coef_x0 * x0 + coef_xt * xt
+
+
+def l_vlb(chain: Chain, eps_pred: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor,
+          t: torch.Tensor) -> torch.Tensor:
+    """Variational bound term L_t in bits/dim, mean frozen (stop-gradient on eps) (Nichol & Dhariwal 2021, sec. 3.1)."""
+    eps_sg = eps_pred.detach()  # stop-gradient: L_vlb trains the variance only
+    ab = _at(chain.alphas_cumprod, t)
+    x0_pred = (xt - (1 - ab).sqrt() * eps_sg) / ab.sqrt()  # x^_0 from eps (eq. 15 of Ho et al. 2020)
+    model_mean = posterior_mean(chain, x0_pred, xt, t)
+    model_logvar = learned_range_log_variance(chain, v, t)
+    true_mean = posterior_mean(chain, x0, xt, t)
+    true_logvar = _at(chain.posterior_log_variance_clipped, t)
+    kl = gaussian_kl(true_mean, true_logvar, model_mean, model_logvar).mean(dim=(1, 2, 3)) / LOG2  # L_{t-1}, t > 0
+    nll = gaussian_nll(x0, model_mean, model_logvar).mean(dim=(1, 2, 3)) / LOG2  # L_0 at t = 0
+    return torch.where(t == 0, nll, kl).mean()
+
+
+def hybrid_loss(chain: Chain, out: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+                eps: torch.Tensor, lam: float = 1e-3) -> torch.Tensor:
+    """L_hybrid = L_simple + lambda L_vlb, lambda = 0.001 (Nichol & Dhariwal 2021, sec. 3.1; DiT)."""
+    eps_pred, v = out.chunk(2, dim=1)  # out channels: [eps_theta (C), v (C)]
+    return l_simple(eps_pred, eps) + lam * l_vlb(chain, eps_pred, v, x0, xt, t)
+
+
+def drop_labels(labels: torch.Tensor, null_label: int, p: float, g: torch.Generator) -> torch.Tensor:
+    """Replace each label by the null label with probability p (classifier-free guidance, Ho & Salimans 2022)."""
+    drop = torch.rand(labels.shape, generator=g) < p
+    return torch.where(drop, torch.full_like(labels, null_label), labels)
+
+
+def classifier_step_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator,
+                         max_shift: int = 2) -> torch.Tensor:
+    """Cross-entropy of the classifier on randomly shifted digits."""
+    return F.cross_entropy(model(random_shift(x, max_shift, g)), y)
+
+
+def vae_step_loss(vae: nn.Module, x: torch.Tensor, g: torch.Generator, kl_weight: float = 1e-4) -> torch.Tensor:
+    """L1 reconstruction + kl_weight KL(q(z|x) || N(0, I)) (beta-VAE / LDM autoencoder, Rombach et al. 2022)."""
+    posterior = vae.encode(x).latent_dist
+    z = posterior.sample(generator=g)  # z = mu + sigma * eps, eps from g
+    x_rec = vae.decode(z).sample
+    kl = posterior.kl().mean() / z[0].numel()  # per latent element
+    return F.l1_loss(x_rec, x) + kl_weight * kl
+
+
+def dit_step_loss(model: nn.Module, chain: Chain, z0: torch.Tensor, y: torch.Tensor, g: torch.Generator,
+                  null_label: int, p_drop: float = 0.1, lam: float = 1e-3) -> torch.Tensor:
+    """DiT training step: drop labels to null, noise latents, hybrid loss (Peebles & Xie 2023, sec. 3)."""
+    y = drop_labels(y, null_label, p_drop, g)
+    t, eps = draw_t_eps(chain, z0, g)
+    zt = q_sample(chain, z0, t, eps)
+    out = model(zt, timestep=t, class_labels=y).sample  # (N, 2C, h, w): eps_theta and v
+    return hybrid_loss(chain, out, z0, zt, t, eps, lam)
+
+
+def eps_step_loss(model: nn.Module, chain: Chain, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Unconditional epsilon-prediction step with L_simple (Ho et al. 2020, Algorithm 1)."""
+    t, eps = draw_t_eps(chain, x0, g)
+    return l_simple(model(q_sample(chain, x0, t, eps), t).sample, eps)
+
+
+def text_step_loss(unet: nn.Module, text_encoder: nn.Module, chain: Chain, z0: torch.Tensor, ids: torch.Tensor,
+                   g: torch.Generator) -> torch.Tensor:
+    """Text-conditioned latent diffusion step with L_simple (Rombach et al. 2022, eq. 2)."""
+    t, eps = draw_t_eps(chain, z0, g)
+    context = text_encoder(ids).last_hidden_state  # tau_theta(y): (N, L, d)
+    return l_simple(unet(q_sample(chain, z0, t, eps), t, encoder_hidden_states=context).sample, eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one training run."""
+
+    steps: int  # total optimiser steps of the full run
+    lr: float = 1e-3
+    warmup: int = 0  # linear warm-up steps
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = None
+    seed: int = 0
+    minutes: float | None = None  # wall-clock budget of this call (stop early, checkpoint, resume later)
+    checkpoint_every_s: float = 180.0
+    eval_every: int = 0  # call the eval callback every N steps (0: never)
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides weights: step, wall time so far, generator state, log."""
+
+    step: int = 0
+    wall_s: float = 0.0
+    log: list[dict] = field(default_factory=list)
+
+
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """theta_ema <- decay theta_ema + (1 - decay) theta (Polyak averaging)."""
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p, 1 - decay)
+
+
+def warmup_lr(step: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up over `warmup` steps, then constant."""
+    return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def fit(model: nn.Module, step_loss: Callable[[nn.Module, torch.Generator], torch.Tensor], cfg: TrainConfig,
+        checkpoint: str | Path | None = None, resume: bool = False,
+        evaluate: Callable[[nn.Module, int], dict] | None = None, desc: str = "train") -> tuple[nn.Module, TrainState]:
+    """Minimise step_loss with AdamW, warm-up, clipping, EMA; checkpoint and resume. Returns (EMA or model, state)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_lr(s, cfg.warmup))
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay else None
+    state = TrainState()
+    ckpt = Path(checkpoint) if checkpoint else None
+    if resume and ckpt is not None and ckpt.is_file():
+        saved = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
+        g.set_state(saved["generator"])
+        state = TrainState(**saved["state"])
+
+    def save() -> None:
+        if ckpt is None:
+            return
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None, "generator": g.get_state(),
+                    "state": asdict(state), "config": asdict(cfg)}, tmp)
+        tmp.replace(ckpt)  # atomic: a killed run never leaves a half-written checkpoint
+
+    start, last_save = time.perf_counter(), time.perf_counter()
+    wall0 = state.wall_s
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=desc, mininterval=5.0)
+    while state.step < cfg.steps:
+        loss = step_loss(model, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if ema is not None:
+            ema_update(ema, model, cfg.ema_decay)
+        state.step += 1
+        state.wall_s = wall0 + time.perf_counter() - start
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if state.step % 50 == 0:
+            state.log.append({"step": state.step, "wall_s": round(state.wall_s, 1), "loss": loss.item()})
+        if evaluate is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
+            t_eval = time.perf_counter()
+            model.eval()
+            state.log.append({"step": state.step, "wall_s": round(state.wall_s, 1), **evaluate(ema or model, state.step)})
+            model.train()
+            start += time.perf_counter() - t_eval  # evaluation time is not training time
+        if time.perf_counter() - last_save > cfg.checkpoint_every_s:
+            save()
+            last_save = time.perf_counter()
+        if cfg.minutes is not None and time.perf_counter() - start > cfg.minutes * 60:
+            break
+        if ckpt is not None and (ckpt.parent / "STOP").exists():  # `touch runs/<name>/STOP` ends a run cleanly
+            (ckpt.parent / "STOP").unlink()
+            break
+    bar.close()
+    save()
+    model.eval()
+    return (ema if ema is not None else model), state

