@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from .schedules import CLEAN, Schedule, timesteps
-from .transitions import DDIM, DDPM, ddpm_posterior_coefficients, randn
+from .transitions import DDIM, DDPM, ddpm_posterior_coefficients, learned_range_log_variance, randn
 
 # --------------------------------------------------------------------------------------------------------------
 # Counting network function evaluations (NFEs) where they happen: at the network.
@@ -214,8 +214,7 @@ class LearnedVariance(NetworkMean):
         abar_t, abar_prev = self.schedule.abar(t), self.schedule.abar(t_next)
         c0, _, var_tilde = ddpm_posterior_coefficients(abar_t, abar_prev)  # q's weight on x̂_0 and beta~
         beta = 1.0 - abar_t / abar_prev  # the step's beta (respaced)
-        frac = (out[:, x.shape[1] :] + 1.0) / 2.0  # v in [-1, 1] -> [0, 1]
-        var = torch.exp(frac * math.log(beta) + (1 - frac) * math.log(var_tilde))  # sigma_theta^2, learned range
+        var = torch.exp(learned_range_log_variance(out[:, x.shape[1] :], math.log(beta), math.log(var_tilde)))
         s = ((var - var_tilde).clamp(min=0.0) / c0**2).sqrt()  # sigma_theta^2 = c0^2 s^2 + beta~
         return x0 + s * randn(x, ctx.generator)
 

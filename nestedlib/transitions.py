@@ -18,13 +18,23 @@ def randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 
 
-def ddpm_posterior_coefficients(abar_t: float, abar_prev: float) -> tuple[float, float, float]:
-    """DDPM eq. 7: q(x_{t'} | x_0, x_t) = N(c0 x_0 + ct x_t, beta~ I); returns (c0, ct, beta~)."""
+def ddpm_posterior_coefficients(abar_t, abar_prev):
+    """DDPM eq. 7: q(x_{t'} | x_0, x_t) = N(c0 x_0 + ct x_t, beta~ I); returns (c0, ct, beta~) (floats or tensors)."""
     beta = 1.0 - abar_t / abar_prev  # beta'_t = 1 - alpha'_t, the step's own beta
     c0 = abar_prev**0.5 * beta / (1.0 - abar_t)  # sqrt(abar_{t'}) beta'_t / (1 - abar_t)
     ct = (1.0 - beta) ** 0.5 * (1.0 - abar_prev) / (1.0 - abar_t)  # sqrt(alpha'_t) (1 - abar_{t'}) / (1 - abar_t)
-    var = max((1.0 - abar_prev) / (1.0 - abar_t) * beta, 1e-20)  # beta~_t, clamped like diffusers
+    var = (1.0 - abar_prev) / (1.0 - abar_t) * beta  # beta~_t = (1 - abar_{t'}) / (1 - abar_t) beta'_t
+    var = var.clamp(min=1e-20) if torch.is_tensor(var) else max(var, 1e-20)  # clamped like diffusers
     return c0, ct, var
+
+
+def learned_range_log_variance(v, log_beta, log_beta_tilde):
+    """Improved DDPM eq. 15 (DiT's learned range): log sigma^2 = frac log beta + (1 - frac) log beta~, frac = (v + 1) / 2.
+
+    v is the network's raw variance output, taken as it is (no clamp to [-1, 1]), as DiT and Improved DDPM do.
+    """
+    frac = (v + 1.0) / 2.0
+    return frac * log_beta + (1.0 - frac) * log_beta_tilde
 
 
 def ddpm_step(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float, abar_prev: float, noise: torch.Tensor):
