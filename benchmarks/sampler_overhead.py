@@ -74,7 +74,7 @@ def main() -> None:
         run(vanilla(network, schedule, args.nfe, transition="ddpm"), x_T, generator=torch.Generator().manual_seed(0))
 
     def nest():
-        run(nested(network, schedule, args.outer, inner), x_T, generator=torch.Generator().manual_seed(0))
+        run(nested(vanilla(network, schedule, inner, transition="ddpm"), args.outer), x_T, generator=torch.Generator().manual_seed(0))
 
     with torch.inference_mode():
         bare(), van(), nest()  # warm-up

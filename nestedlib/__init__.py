@@ -2,8 +2,7 @@
 from .schedules import CLEAN, Schedule, outer_timesteps, split_budget, timesteps
 from .transitions import DDIM, DDPM
 from .sampling import (
-    Diffusion, Event, LearnedVariance, Network, NetworkMean, Result, SchedulerSampler,
-    inner_from_scheduler, nested, run, vanilla,
+    Diffusion, Estimate, Event, LearnedVariance, Network, NetworkMean, Result, StopSampling, nested, run, vanilla,
 )
 
 __version__ = "0.1.0"

@@ -4,18 +4,22 @@ and for DiT-XL/2 and Stable Diffusion 1.5.
 
     model = prepare("mnist-dit", cond=labels, guidance_scale=3.0)     # or "facebook/DiT-XL-2-256" on a GPU
     samplers = paper_samplers(model, total_nfe=100)                   # the paper's vanilla and nested settings
-    result = run(samplers["nested"], model.noise(generator), generator=generator)
+    result = run(samplers["nested"], model.noise(generator), generator=generator)      # no autograd graph is kept
     images = model.decode(result.x0)
 """
 from __future__ import annotations
 
+import copy
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 
-from .sampling import Diffusion, Network, nested, vanilla
-from .schedules import Schedule, split_budget
+from .sampling import (Context, Diffusion, Estimate, Event, Network, NetworkMean, nested, nfe_so_far, predict_x0,
+                       vanilla)
+from .schedules import CLEAN, Schedule, split_budget
+from .transitions import DDIM
 
 
 @dataclass
@@ -147,15 +151,73 @@ def paper_samplers(model: Model, total_nfe: int, outer: int | None = None) -> di
     net, sched = model.network, model.schedule
     if model.kind == "sd":
         outer = outer or 25
-        inner = split_budget(total_nfe, outer)
-        return {
-            "vanilla": vanilla(net, sched, total_nfe, transition="ddim", t_end=1),
-            "nested": nested(net, sched, outer, inner, inner_transition="ddim", inner_eta=0.85, inner_t_end=1),
-        }
+        inner = vanilla(net, sched, split_budget(total_nfe, outer), transition="ddim", eta=0.85, t_end=1)
+        return {"vanilla": vanilla(net, sched, total_nfe, transition="ddim", t_end=1), "nested": nested(inner, outer)}
     outer = outer or 5
-    inner = split_budget(total_nfe, outer)
     lv = model.learned_variance
-    return {
-        "vanilla": vanilla(net, sched, total_nfe, transition="ddpm", learned_variance=lv),
-        "nested": nested(net, sched, outer, inner, inner_transition="ddpm", learned_variance=lv),
-    }
+    inner = vanilla(net, sched, split_budget(total_nfe, outer), transition="ddpm", learned_variance=lv)
+    return {"vanilla": vanilla(net, sched, total_nfe, transition="ddpm", learned_variance=lv),
+            "nested": nested(inner, outer)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# diffusers schedulers as inner processes (e.g. DPM-Solver++).
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SchedulerSampler:
+    """p(x_0 | x_t) sampled by a diffusers scheduler run from x_t at t down to the clean end (e.g. DPM-Solver++).
+
+    Works with every scheduler whose `set_timesteps` accepts custom `timesteps` (DDPMScheduler,
+    DPMSolverMultistepScheduler, ...); see `inner_from_scheduler` for DDIMScheduler.
+    """
+
+    def __init__(self, scheduler, network: Callable, steps: int | Sequence[int], *, t_end: int = 0,
+                 drop_end: bool = False):
+        if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+            raise ValueError(f"{type(scheduler).__name__} cannot start at an arbitrary timestep (its set_timesteps "
+                             "takes no custom `timesteps`); use inner_from_scheduler, or a transition from nestedlib")
+        if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
+            raise ValueError("nestedlib's networks predict epsilon; configure the scheduler with "
+                             "prediction_type='epsilon'")
+        self.scheduler, self.network = scheduler, network
+        self.schedule = Schedule.from_diffusers(scheduler)
+        self.steps = steps
+        self._grid = Diffusion(None, None, steps, t_end=t_end, drop_end=drop_end)  # the same grid rules and errors
+
+    def nfe(self, t: int, index: int = 0) -> int:
+        return len(self._grid.grid(t, index))
+
+    def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> Estimate:
+        """Algorithm 2, line 3, by the scheduler's own loop; each step reports the network's x̂_0 as its preview."""
+        grid = self._grid.grid(t, ctx.path[-1] if ctx.path else 0)
+        scheduler = copy.deepcopy(self.scheduler)  # a fresh state (multistep history) for every inner run
+        scheduler.set_timesteps(timesteps=grid, device=x.device)
+        for j, s in enumerate(grid):
+            out = self.network(x, s)
+            x0 = predict_x0(x, out[:, : x.shape[1]], self.schedule.abar(s))  # DDPM eq. 15: the step's preview
+            x = scheduler.step(out, s, x, generator=ctx.generator).prev_sample
+            t_next_inner = grid[j + 1] if j + 1 < len(grid) else CLEAN
+            ctx.report(Event(ctx.depth, ctx.path + (j,), s, t_next_inner, x0, x0, x, nfe_so_far()))
+        return Estimate(x, x)
+
+    def __repr__(self) -> str:
+        return f"SchedulerSampler({type(self.scheduler).__name__})"
+
+
+def inner_from_scheduler(scheduler, network: Callable, steps: int | Sequence[int], *, t_end: int = 0,
+                         drop_end: bool = False, eta: float = 0.0):
+    """Any diffusers scheduler as an inner process (an x0-sampler for Algorithm 2).
+
+    diffusers' DDIMScheduler steps by a fixed stride from T, so it cannot start at an outer t; its update is
+    written out in `nestedlib.transitions.DDIM` (tested step for step against DDIMScheduler) and used instead,
+    with the scheduler's own betas.
+    """
+    from diffusers import DDIMScheduler
+
+    if isinstance(scheduler, DDIMScheduler):
+        schedule = Schedule.from_diffusers(scheduler)
+        clip = scheduler.config.clip_sample_range if scheduler.config.clip_sample else None
+        return Diffusion(NetworkMean(network, schedule, clip), DDIM(schedule, eta), steps, t_end=t_end,
+                         drop_end=drop_end)
+    return SchedulerSampler(scheduler, network, steps, t_end=t_end, drop_end=drop_end)

@@ -2,64 +2,49 @@
 
 Three pieces, as in the paper's Eq. 1, p(x_{t'} | x_t) = ∫ q(x_{t'} | x_0, x_t) p(x_0 | x_t) dx_0:
 - a *network* eps_theta(x_t, t | c), with classifier-free guidance folded in (`Network`);
-- an *x0-sampler* that answers p(x_0 | x_t): the network's mean (`NetworkMean`), a Gaussian with DiT's learned
-  variance (`LearnedVariance`), an exact posterior (the 2-D toy), or a whole reverse diffusion (`Diffusion`,
-  `SchedulerSampler`);
-- a *transition* q(x_{t'} | x̂_0, x_t) (`nestedlib.transitions`).
+- an *x0-sampler* (`X0Sampler`) that answers p(x_0 | x_t): the network's mean (`NetworkMean`), a Gaussian with DiT's
+  learned variance (`LearnedVariance`), an exact posterior (the 2-D toy), or a whole reverse diffusion (`Diffusion`);
+- a *transition* (`Transition`) q(x_{t'} | x̂_0, x_t) (`nestedlib.transitions`).
 
 `Diffusion` is Algorithm 1. It is also an x0-sampler: run from x_t down to the clean end, it returns a sample of
-p(x_0 | x_t). Algorithm 2 is therefore `Diffusion(x0_sampler=Diffusion(...), ...)`: no second loop, and any
-depth of nesting works the same way.
-
-Every x0-sampler signs the same contract, `sampler(x, t, t_next, ctx) -> x̂_0` and `sampler.nfe(t, index) -> int`.
+p(x_0 | x_t). Algorithm 2 is therefore `Diffusion(Diffusion(...), DDIM(schedule), outer)`: no second loop, and any
+depth of nesting works the same way. `run` drives a sampler and reports every x̂_0, at every depth, as an `Event`.
 """
 from __future__ import annotations
 
-import copy
-import inspect
 import math
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import torch
 
 from .schedules import CLEAN, Schedule, timesteps
 from .transitions import DDIM, DDPM, ddpm_posterior_coefficients, learned_range_log_variance, randn
 
-# --------------------------------------------------------------------------------------------------------------
-# Counting network function evaluations (NFEs) where they happen: at the network.
-# --------------------------------------------------------------------------------------------------------------
-
-
-class BudgetExhausted(RuntimeError):
-    """Raised by the meter when one more network evaluation would exceed the run's NFE budget."""
-
 
 class StopSampling(Exception):
     """Raise it from a callback (e.g. a Stop button) to end a run the way Ctrl-C does: the last outer x̂_0 is kept."""
 
 
-class Meter:
-    """The NFE counter of one run: every network evaluation ticks it once."""
+# --------------------------------------------------------------------------------------------------------------
+# Counting network function evaluations (NFEs) where they happen: at the network. One counter per run.
+# --------------------------------------------------------------------------------------------------------------
 
-    def __init__(self, budget: int | None = None):
-        self.nfe, self.budget = 0, budget
-
-    def tick(self) -> None:
-        if self.budget is not None and self.nfe + 1 > self.budget:
-            raise BudgetExhausted(f"the NFE budget of {self.budget} is spent")
-        self.nfe += 1
-
-
-_METER: ContextVar[Meter | None] = ContextVar("nestedlib_meter", default=None)
+_NFE: ContextVar[list[int] | None] = ContextVar("nestedlib_nfe", default=None)  # [count] of the running `run`
 
 
 def count_nfe() -> None:
     """Count one network function evaluation in the running sampler (a no-op outside `run`)."""
-    meter = _METER.get()
-    if meter is not None:
-        meter.tick()
+    counter = _NFE.get()
+    if counter is not None:
+        counter[0] += 1
+
+
+def nfe_so_far() -> int:
+    """NFEs the running sampler has spent (0 outside `run`)."""
+    counter = _NFE.get()
+    return 0 if counter is None else counter[0]
 
 
 class Network:
@@ -67,56 +52,37 @@ class Network:
 
     `fn(x, t, cond)` returns epsilon, shaped like x, or DiT-style epsilon and variance channels (2C channels).
     With guidance, the conditional and unconditional branches run as one batch (one NFE, as DiT counts it);
-    guidance applies to the epsilon channels and the variance channels come from the conditional branch.
+    guidance applies to the first `guided_channels` epsilon channels (all by default), the variance channels
+    come from the conditional branch.
     """
 
-    def __init__(
-        self,
-        fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
-        *,
-        cond: Any = None,
-        null_cond: Any = None,
-        guidance_scale: float = 1.0,
-    ):
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], *, cond: Any = None,
+                 null_cond: Any = None, guidance_scale: float = 1.0, guided_channels: int | None = None):
         if guidance_scale != 1.0 and null_cond is None:
-            raise ValueError(
-                f"guidance_scale={guidance_scale} needs a null condition (null_cond) for the unconditional branch; "
-                "pass one, or use guidance_scale=1.0"
-            )
-        if (cond is None) != (null_cond is None) and null_cond is not None:
+            raise ValueError(f"guidance_scale={guidance_scale} needs a null condition (null_cond) for the "
+                             "unconditional branch; pass one, or use guidance_scale=1.0")
+        if null_cond is not None and cond is None:
             raise ValueError("null_cond was given without cond; pass the condition too")
         self.fn, self.cond, self.null_cond, self.guidance_scale = fn, cond, null_cond, float(guidance_scale)
-        self.nfe = 0  # evaluations over this object's life; a run reads its own Meter
-
-    @property
-    def guided(self) -> bool:
-        return self.guidance_scale != 1.0
-
-    def _check_batch(self, x: torch.Tensor) -> None:
-        for name, c in (("cond", self.cond), ("null_cond", self.null_cond)):
-            if torch.is_tensor(c) and c.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"{name} has batch size {c.shape[0]} but x has {x.shape[0]}; give one condition per sample"
-                )
+        self.guided_channels = guided_channels
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        self._check_batch(x)
+        for name, c in (("cond", self.cond), ("null_cond", self.null_cond)):
+            if torch.is_tensor(c) and c.shape[0] != x.shape[0]:
+                raise ValueError(f"{name} has batch size {c.shape[0]} but x has {x.shape[0]}; give one condition "
+                                 "per sample")
         count_nfe()
-        self.nfe += 1
         tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
-        if not self.guided:
+        if self.guidance_scale == 1.0:
             out = self.fn(x, tt, self.cond)
         else:
-            both = self.fn(torch.cat([x, x]), torch.cat([tt, tt]), _cat(self.cond, self.null_cond))
-            out_c, out_u = both.chunk(2)
-            c = x.shape[1]
-            eps = out_u[:, :c] + self.guidance_scale * (out_c[:, :c] - out_u[:, :c])  # eps_u + s (eps_c - eps_u)
-            out = torch.cat([eps, out_c[:, c:]], dim=1)  # variance channels: the conditional branch's
+            out_c, out_u = self.fn(torch.cat([x, x]), torch.cat([tt, tt]), _cat(self.cond, self.null_cond)).chunk(2)
+            g = self.guided_channels or x.shape[1]
+            eps = out_u[:, :g] + self.guidance_scale * (out_c[:, :g] - out_u[:, :g])  # eps_u + s (eps_c - eps_u)
+            out = torch.cat([eps, out_c[:, g:]], dim=1)  # unguided channels and variance: the conditional branch's
         if out.shape[0] != x.shape[0] or out.shape[2:] != x.shape[2:] or out.shape[1] not in (x.shape[1], 2 * x.shape[1]):
-            raise ValueError(
-                f"the network returned shape {tuple(out.shape)} for input {tuple(x.shape)}; an epsilon network "
-                "must return x's shape, or twice its channels when it also predicts a variance"
-            )
+            raise ValueError(f"the network returned shape {tuple(out.shape)} for input {tuple(x.shape)}; an epsilon "
+                             "network must return x's shape, or twice its channels when it also predicts a variance")
         return out
 
 
@@ -130,21 +96,35 @@ def _cat(a: Any, b: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Events: what an anytime sampler reports after every step, at every depth.
+# The contracts: events, estimates, x0-samplers and transitions.
 # --------------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Event:
-    """One step of one process: x̂_0 drawn at t, the new state x_{t'}, and the NFEs spent so far in the run."""
+    """One step of one process: the x̂_0 at t, the new state x_{t'}, and the NFEs the run has spent so far.
+
+    `x0` is the step's prediction, what a preview shows: the network's mean E[x_0 | x_t] for a one-step x0-sampler
+    (what the paper plots for vanilla sampling), the inner run's final sample for Nested Diffusion. `draw` is the
+    x̂_0 ~ p(x_0 | x_t) that the transition used: the same tensor, unless the x0-sampler adds noise to its mean.
+    """
 
     depth: int  # 0: the outermost process, 1: its inner process, ...
     path: tuple[int, ...]  # step index at every depth, e.g. (outer step, inner step)
     t: int
     t_next: int
     x0: torch.Tensor
+    draw: torch.Tensor
     x: torch.Tensor
     nfe: int
+    image: Any = None  # decode(x0), on outer events when `run` was given a decoder
+
+
+class Estimate(NamedTuple):
+    """An x0-sampler's answer: the draw x̂_0 ~ p(x_0 | x_t) and the prediction a preview shows (often the same)."""
+
+    draw: torch.Tensor
+    preview: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -153,7 +133,6 @@ class Context:
 
     generator: torch.Generator | None = None
     callback: Callable[[Event], None] | None = None
-    meter: Meter = field(default_factory=Meter)
     depth: int = 0
     path: tuple[int, ...] = ()
 
@@ -163,6 +142,23 @@ class Context:
     def report(self, event: Event) -> None:
         if self.callback is not None:
             self.callback(event)
+
+
+class X0Sampler(Protocol):
+    """p(x_0 | x_t), Eq. 1's inner integrand: a draw from x_t at t (for a step to t_next), and its cost in NFEs."""
+
+    def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> Estimate: ...
+
+    def nfe(self, t: int, index: int = 0) -> int: ...
+
+
+class Transition(Protocol):
+    """q(x_{t'} | x̂_0, x_t), Eq. 1's closed-form step (`nestedlib.transitions`)."""
+
+    schedule: Schedule
+
+    def __call__(self, x_t: torch.Tensor, x0: torch.Tensor, t: int, t_next: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor: ...
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -185,14 +181,14 @@ class NetworkMean:
         return 1
 
     def mean(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """E[x_0 | x_t] by DDPM eq. 15 from the network's epsilon channels, and the network's whole output."""
         out = self.network(x, t)
         x0 = predict_x0(x, out[:, : x.shape[1]], self.schedule.abar(t))
-        if self.clip is not None:
-            x0 = x0.clamp(-self.clip, self.clip)
-        return x0, out
+        return (x0 if self.clip is None else x0.clamp(-self.clip, self.clip)), out
 
-    def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> torch.Tensor:
-        return self.mean(x, t)[0]
+    def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> Estimate:
+        x0 = self.mean(x, t)[0]
+        return Estimate(x0, x0)
 
 
 class LearnedVariance(NetworkMean):
@@ -200,23 +196,22 @@ class LearnedVariance(NetworkMean):
     learned-range step sigma_theta^2 = exp(v log beta + (1 - v) log beta~) (Nichol & Dhariwal 2021, eq. 15).
 
     Pair it with the DDPM transition: q adds c0 x̂_0 + beta~ noise, so x_{t'} has variance c0^2 s^2 + beta~ = sigma_theta^2.
+    The preview is the mean, as for every one-step sampler.
     """
 
-    def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> torch.Tensor:
-        x0, out = self.mean(x, t)
+    def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> Estimate:
+        mean, out = self.mean(x, t)
         if out.shape[1] != 2 * x.shape[1]:
-            raise ValueError(
-                "LearnedVariance needs a network that also predicts the variance (2C output channels, like DiT's "
-                "learn_sigma=True); for an epsilon-only network use NetworkMean"
-            )
+            raise ValueError("LearnedVariance needs a network that also predicts the variance (2C output channels, "
+                             "like DiT's learn_sigma=True); for an epsilon-only network use NetworkMean")
         if t_next == CLEAN:
-            return x0  # the last step adds no noise
+            return Estimate(mean, mean)  # the last step adds no noise
         abar_t, abar_prev = self.schedule.abar(t), self.schedule.abar(t_next)
         c0, _, var_tilde = ddpm_posterior_coefficients(abar_t, abar_prev)  # q's weight on x̂_0 and beta~
         beta = 1.0 - abar_t / abar_prev  # the step's beta (respaced)
         var = torch.exp(learned_range_log_variance(out[:, x.shape[1] :], math.log(beta), math.log(var_tilde)))
         s = ((var - var_tilde).clamp(min=0.0) / c0**2).sqrt()  # sigma_theta^2 = c0^2 s^2 + beta~
-        return x0 + s * randn(x, ctx.generator)
+        return Estimate(mean + s * randn(x, ctx.generator), mean)
 
 
 class Diffusion:
@@ -224,23 +219,20 @@ class Diffusion:
 
     Called as an x0-sampler at time t, it runs from x_t down to the clean end and returns that sample of
     p(x_0 | x_t): this is Algorithm 2's inner process. `steps` is one count, or one count per step of the
-    enclosing process (the paper's searched allocations).
+    enclosing process (non-uniform inner allocations).
     """
 
-    def __init__(
-        self,
-        x0_sampler: Callable,
-        transition: Callable,
-        steps: int | Sequence[int],
-        *,
-        t_end: int = 0,
-        drop_end: bool = False,
-    ):
+    def __init__(self, x0_sampler: X0Sampler, transition: Transition, steps: int | Sequence[int], *,
+                 t_end: int = 0, drop_end: bool = False):
         counts = [steps] if isinstance(steps, int) else list(steps)
         if not counts or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in counts):
             raise ValueError(f"steps must be a positive integer or a non-empty list of them, got {steps!r}")
         self.x0_sampler, self.transition, self.steps = x0_sampler, transition, steps
         self.t_end, self.drop_end = t_end, drop_end
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.transition.schedule
 
     def grid(self, t_start: int, index: int = 0) -> list[int]:
         """The timesteps of this process when it starts at t_start as step `index` of an enclosing process."""
@@ -249,10 +241,8 @@ class Diffusion:
         elif index < len(self.steps):
             k = self.steps[index]
         else:
-            raise ValueError(
-                f"{len(self.steps)} step counts were given, but the enclosing process has a step {index}; give "
-                "one count per step of the enclosing process"
-            )
+            raise ValueError(f"{len(self.steps)} step counts were given, but the enclosing process has a step "
+                             f"{index}; give one count per step of the enclosing process")
         return timesteps(t_start, k, t_end=self.t_end, drop_end=self.drop_end)
 
     def nfe(self, t_start: int, index: int = 0) -> int:
@@ -264,77 +254,20 @@ class Diffusion:
         grid = self.grid(t_start, index)
         for j, t in enumerate(grid):
             t_next = grid[j + 1] if j + 1 < len(grid) else CLEAN
-            x0 = self.x0_sampler(x, t, t_next, ctx.child(j))  # Alg. 1: x̂_0 ~ p(x_0 | x_t)
-            x = self.transition(x, x0, t, t_next, ctx.generator)  # Alg. 1: x_{t'} ~ q(x_{t'} | x̂_0, x_t)
-            event = Event(ctx.depth, ctx.path + (j,), t, t_next, x0, x, ctx.meter.nfe)
+            draw, preview = self.x0_sampler(x, t, t_next, ctx.child(j))  # Alg. 1: x̂_0 ~ p(x_0 | x_t)
+            x = self.transition(x, draw, t, t_next, ctx.generator)  # Alg. 1: x_{t'} ~ q(x_{t'} | x̂_0, x_t)
+            event = Event(ctx.depth, ctx.path + (j,), t, t_next, preview, draw, x, nfe_so_far())
             ctx.report(event)
             yield event
 
-    def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> torch.Tensor:
-        """As an x0-sampler (Algorithm 2, inner process): a full reverse run from x_t at t; returns its x_0."""
+    def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> Estimate:
+        """As an x0-sampler (Algorithm 2, line 3): a full reverse run from x_t at t; returns its x_0."""
         for event in self.iterate(x, t, ctx, index=ctx.path[-1] if ctx.path else 0):
             pass
-        return event.x  # the clean end: the inner process's generated x_0
+        return Estimate(event.x, event.x)  # the clean end: the inner process's generated x_0
 
     def __repr__(self) -> str:
         return f"Diffusion(x0_sampler={self.x0_sampler!r}, transition={self.transition!r}, steps={self.steps!r})"
-
-
-class SchedulerSampler:
-    """p(x_0 | x_t) sampled by a diffusers scheduler run from x_t at t down to the clean end (e.g. DPM-Solver++).
-
-    Works with every scheduler whose `set_timesteps` accepts custom `timesteps` (DDPMScheduler,
-    DPMSolverMultistepScheduler, ...); see `inner_from_scheduler` for DDIMScheduler.
-    """
-
-    def __init__(
-        self, scheduler, network: Callable, steps: int | Sequence[int], *, t_end: int = 0, drop_end: bool = False
-    ):
-        if "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
-            raise ValueError(
-                f"{type(scheduler).__name__} cannot start at an arbitrary timestep (its set_timesteps takes no "
-                "custom `timesteps`); use nestedlib.sampling.inner_from_scheduler, or a transition from nestedlib"
-            )
-        if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
-            raise ValueError("nestedlib's networks predict epsilon; configure the scheduler with prediction_type='epsilon'")
-        self.scheduler, self.network = scheduler, network
-        self.schedule = Schedule.from_diffusers(scheduler)
-        self._grid = Diffusion(None, None, steps, t_end=t_end, drop_end=drop_end)  # the same grid rules and errors
-
-    def nfe(self, t: int, index: int = 0) -> int:
-        return len(self._grid.grid(t, index))
-
-    def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> torch.Tensor:
-        grid = self._grid.grid(t, ctx.path[-1] if ctx.path else 0)
-        scheduler = copy.deepcopy(self.scheduler)  # a fresh state (multistep history) for every inner run
-        scheduler.set_timesteps(timesteps=grid, device=x.device)
-        for j, s in enumerate(grid):
-            out = self.network(x, s)
-            x0 = predict_x0(x, out[:, : x.shape[1]], self.schedule.abar(s))  # the preview of this step
-            x = scheduler.step(out, s, x, generator=ctx.generator).prev_sample
-            ctx.report(Event(ctx.depth, ctx.path + (j,), s, grid[j + 1] if j + 1 < len(grid) else CLEAN, x0, x, ctx.meter.nfe))
-        return x
-
-    def __repr__(self) -> str:
-        return f"SchedulerSampler({type(self.scheduler).__name__})"
-
-
-def inner_from_scheduler(
-    scheduler, network: Callable, steps: int | Sequence[int], *, t_end: int = 0, drop_end: bool = False, eta: float = 0.0
-):
-    """Any diffusers scheduler as an inner process (an x0-sampler for Algorithm 2).
-
-    diffusers' DDIMScheduler steps by a fixed stride from T, so it cannot start at an outer t; its update is
-    written out in `nestedlib.transitions.DDIM` (tested step for step against DDIMScheduler) and used instead,
-    with the scheduler's own betas.
-    """
-    from diffusers import DDIMScheduler
-
-    if isinstance(scheduler, DDIMScheduler):
-        schedule = Schedule.from_diffusers(scheduler)
-        clip = scheduler.config.clip_sample_range if scheduler.config.clip_sample else None
-        return Diffusion(NetworkMean(network, schedule, clip), DDIM(schedule, eta), steps, t_end=t_end, drop_end=drop_end)
-    return SchedulerSampler(scheduler, network, steps, t_end=t_end, drop_end=drop_end)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -343,28 +276,17 @@ def inner_from_scheduler(
 
 
 @dataclass
-class Preview:
-    """An x̂_0 of the outermost process: what a user sees if sampling stops after `nfe` evaluations."""
-
-    step: int
-    t: int
-    nfe: int
-    x0: torch.Tensor
-    image: Any = None  # decode(x0), only when `run` was given a decoder
-
-
-@dataclass
 class Result:
-    """An anytime run: the last finished x̂_0 of the outer process, every preview, and how the run ended."""
+    """An anytime run: the last finished outer x̂_0, every outer event (the previews), and how the run ended."""
 
     x0: torch.Tensor
-    previews: list[Preview]
+    previews: list[Event]  # the depth-0 events, one per finished outer step
     nfe: int  # network evaluations the run spent, counted at the network
     planned_nfe: int  # what the full run would have spent
     stopped: str | None = None  # None (finished), "budget" or "interrupt"
     inner: list[Event] = field(default_factory=list)  # inner events, when run(record_inner=True)
 
-    def at(self, nfe: int) -> Preview:
+    def at(self, nfe: int) -> Event:
         """The preview a user stopping at `nfe` evaluations holds: the last one with preview.nfe <= nfe."""
         done = [p for p in self.previews if p.nfe <= nfe]
         if not done:
@@ -372,37 +294,31 @@ class Result:
         return done[-1]
 
 
-def run(
-    process: Diffusion,
-    x_T: torch.Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    budget: int | None = None,
-    callback: Callable[[Event], None] | None = None,
-    decode: Callable[[torch.Tensor], Any] | None = None,
-    record_inner: bool = False,
-    t_start: int | None = None,
-) -> Result:
+def run(process: Diffusion, x_T: torch.Tensor, *, generator: torch.Generator | None = None, budget: int | None = None,
+        callback: Callable[[Event], None] | None = None, decode: Callable[[torch.Tensor], Any] | None = None,
+        record_inner: bool = False, t_start: int | None = None, grad: bool = False) -> Result:
     """Anytime sampling with Algorithm 1 or 2 from x_T: every outer x̂_0 is a preview with its exact NFE count.
 
-    Stops after the last outer step that fits in `budget` NFEs, or at Ctrl-C (KeyboardInterrupt, or StopSampling
-    raised by the callback), and returns the last finished outer x̂_0. Previews are decoded only when `decode` is given.
+    Stops after the last outer step that fits in `budget` NFEs (it never starts one that cannot finish), or at
+    Ctrl-C (KeyboardInterrupt, or StopSampling raised by the callback), and returns the last finished outer x̂_0.
+    Previews are decoded only when `decode` is given. Sampling records no autograd graph unless `grad=True`
+    (for methods that need gradients with respect to x_t).
     """
     if not torch.is_tensor(x_T) or not x_T.is_floating_point():
         raise TypeError("x_T must be a floating-point tensor of noise, shaped (batch, channels, ...)")
-    schedule = process.transition.schedule
-    t_start = schedule.num_timesteps - 1 if t_start is None else t_start
-    costs = [process.x0_sampler.nfe(t, j) for j, t in enumerate(process.grid(t_start))]
-    cumulative = [sum(costs[: j + 1]) for j in range(len(costs))]
-    n_steps = len(costs)
+    t_start = process.schedule.num_timesteps - 1 if t_start is None else t_start
+    cumulative, total = [], 0
+    for j, t in enumerate(process.grid(t_start)):
+        total += process.x0_sampler.nfe(t, j)
+        cumulative.append(total)  # the NFE count at which outer step j finishes
+    n_steps = len(cumulative)
     if budget is not None:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ValueError(f"budget must be a positive number of NFEs, got {budget!r}")
         if budget < cumulative[0]:
-            raise ValueError(
-                f"a budget of {budget} NFEs ends before the first outer x̂_0, which costs {cumulative[0]} NFEs; "
-                f"ask for at least {cumulative[0]} (the previews arrive at NFEs {cumulative})"
-            )
+            raise ValueError(f"a budget of {budget} NFEs ends before the first outer x̂_0, which costs "
+                             f"{cumulative[0]} NFEs; ask for at least {cumulative[0]} (the previews arrive at NFEs "
+                             f"{cumulative})")
         n_steps = sum(c <= budget for c in cumulative)
     inner: list[Event] = []
 
@@ -412,100 +328,52 @@ def run(
         if callback is not None:
             callback(event)
 
-    meter = Meter(budget)
-    ctx = Context(generator=generator, callback=report, meter=meter)
-    previews: list[Preview] = []
+    previews: list[Event] = []
     stopped = None
-    token = _METER.set(meter)
+    counter = [0]
+    token = _NFE.set(counter)
     try:
-        for event in process.iterate(x_T, t_start, ctx):
-            previews.append(Preview(event.path[0], event.t, event.nfe, event.x0, decode(event.x0) if decode else None))
-            if len(previews) == n_steps:
-                break
-        if n_steps < len(costs):
-            stopped = "budget"
+        with torch.set_grad_enabled(grad):
+            for event in process.iterate(x_T, t_start, Context(generator=generator, callback=report)):
+                previews.append(replace(event, image=decode(event.x0)) if decode else event)
+                if len(previews) == n_steps:
+                    break
+        stopped = "budget" if n_steps < len(cumulative) else None
     except (KeyboardInterrupt, StopSampling):
         if not previews:
             raise
         stopped = "interrupt"
     finally:
-        _METER.reset(token)
-    return Result(previews[-1].x0, previews, meter.nfe, cumulative[-1], stopped, inner)
+        _NFE.reset(token)
+    return Result(previews[-1].x0, previews, counter[0], cumulative[-1], stopped, inner)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Builders for the paper's samplers.
+# Builders: Algorithm 1 with the network, and Algorithm 2 around any inner process.
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _transition(name: str, schedule: Schedule, eta: float):
-    if name == "ddim":
-        return DDIM(schedule, eta)
-    if name == "ddpm":
-        return DDPM(schedule)
-    raise ValueError(f"unknown transition {name!r}; choose 'ddim' (with eta in [0, 1]) or 'ddpm'")
-
-
-def _x0_sampler(network, schedule, transition: str, learned_variance: bool, clip):
+def vanilla(network: Callable, schedule: Schedule, steps: int | Sequence[int], *, transition: str = "ddim",
+            eta: float = 0.0, learned_variance: bool = False, clip: float | None = None, t_end: int = 0,
+            drop_end: bool = False) -> Diffusion:
+    """Algorithm 1 with the network's x̂_0: DDPM (transition='ddpm', optionally DiT's learned variance) or DDIM(eta)."""
+    if transition not in ("ddim", "ddpm"):
+        raise ValueError(f"unknown transition {transition!r}; choose 'ddim' (with eta in [0, 1]) or 'ddpm'")
     if learned_variance and transition != "ddpm":
         raise ValueError("the learned variance is DDPM's (DiT's ancestral sampler); use transition='ddpm' with it")
-    return (LearnedVariance if learned_variance else NetworkMean)(network, schedule, clip)
+    q = DDIM(schedule, eta) if transition == "ddim" else DDPM(schedule)
+    x0_sampler = (LearnedVariance if learned_variance else NetworkMean)(network, schedule, clip)
+    return Diffusion(x0_sampler, q, steps, t_end=t_end, drop_end=drop_end)
 
 
-def vanilla(
-    network: Callable,
-    schedule: Schedule,
-    steps: int,
-    *,
-    transition: str = "ddim",
-    eta: float = 0.0,
-    learned_variance: bool = False,
-    clip: float | None = None,
-    t_end: int = 0,
-    drop_end: bool = False,
-) -> Diffusion:
-    """Algorithm 1 with the network's x̂_0: DDPM (transition='ddpm', optionally DiT's learned variance) or DDIM(eta)."""
-    return Diffusion(
-        _x0_sampler(network, schedule, transition, learned_variance, clip),
-        _transition(transition, schedule, eta),
-        steps,
-        t_end=t_end,
-        drop_end=drop_end,
-    )
+def nested(inner: X0Sampler, outer: int, *, eta: float = 0.0, schedule: Schedule | None = None) -> Diffusion:
+    """Algorithm 2: an outer DDIM(eta) process of `outer` steps whose x0-sampler is a whole inner diffusion.
 
-
-def nested(
-    network: Callable,
-    schedule: Schedule,
-    outer: int,
-    inner: int | Sequence[int],
-    *,
-    outer_eta: float = 0.0,
-    inner_transition: str = "ddpm",
-    inner_eta: float = 0.0,
-    learned_variance: bool = False,
-    inner_scheduler=None,
-    clip: float | None = None,
-    inner_t_end: int = 0,
-    inner_drop_end: bool = False,
-) -> Diffusion:
-    """Algorithm 2: an outer DDIM(outer_eta) process whose x0-sampler is a whole inner diffusion of `inner` steps.
-
-    Outer grid: the authors' round(linspace(1, T-1, outer + 1)) without its last point; each inner process starts
-    exactly at the outer t and runs to the clean end: over round(linspace(inner_t_end, t, inner)) (DiT: 0, the
-    authors' SD script: 1), or, with inner_drop_end, over linspace(inner_t_end, t, inner + 1) without its last
-    point (diffusers' "linspace" spacing, where the last step jumps to the clean end). The network (and so guidance and any learned variance) is
-    used by the inner process only: the outer step needs nothing but x̂_0.
+    Outer grid: the authors' round(linspace(1, T-1, outer + 1)) without its last point. The inner process (e.g.
+    `vanilla(network, schedule, 20, transition="ddpm")`) starts exactly at each outer t and runs to the clean end;
+    it alone calls the network, so guidance and any learned variance live in it: the outer step needs only x̂_0.
     """
-    if not isinstance(inner, int) and len(inner) != outer:
-        raise ValueError(f"give one inner step count per outer step: {outer} outer steps, {len(inner)} counts")
-    if inner_scheduler is not None:
-        inner_process = inner_from_scheduler(
-            inner_scheduler, network, inner, t_end=inner_t_end, drop_end=inner_drop_end, eta=inner_eta
-        )
-    else:
-        inner_process = vanilla(
-            network, schedule, inner, transition=inner_transition, eta=inner_eta,
-            learned_variance=learned_variance, clip=clip, t_end=inner_t_end, drop_end=inner_drop_end,
-        )
-    return Diffusion(inner_process, DDIM(schedule, outer_eta), outer, t_end=1, drop_end=True)
+    steps = getattr(inner, "steps", None)
+    if isinstance(steps, (list, tuple)) and len(steps) != outer:
+        raise ValueError(f"give one inner step count per outer step: {outer} outer steps, {len(steps)} counts")
+    return Diffusion(inner, DDIM(schedule or inner.schedule, eta), outer, t_end=1, drop_end=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sampling import Context, count_nfe
+from .sampling import Context, Estimate, count_nfe
 from .schedules import Schedule
 
 
@@ -138,9 +138,10 @@ class ExactPosterior:
     def nfe(self, t: int, index: int = 0) -> int:
         return 1
 
-    def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> Estimate:
         count_nfe()
-        return self.mixture.posterior_sample(x, self.schedule.abar(t), ctx.generator)
+        draw = self.mixture.posterior_sample(x, self.schedule.abar(t), ctx.generator)
+        return Estimate(draw, draw)
 
 
 def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:

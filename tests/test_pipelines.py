@@ -6,7 +6,7 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DDPMPipeline, DDPMScheduler
                        StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from nestedlib import LearnedVariance, NetworkMean, run
+from nestedlib import nested, run, vanilla
 from nestedlib.pipelines import dit_model, paper_samplers, pixel_model, sd_model
 
 
@@ -59,28 +59,27 @@ def test_dit_pipeline_nested_and_vanilla_end_to_end(dit_pipe):
     assert model.learned_variance and model.shape == (3, 4, 8, 8)
     samplers = paper_samplers(model, total_nfe=20)
     spy = Spy(dit_pipe.transformer)
-    with torch.no_grad():
-        nest = run(samplers["nested"], model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator().manual_seed(0))
-        van = run(samplers["vanilla"], model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator().manual_seed(0))
-        images = model.decode(nest.x0)
+    nest = run(samplers["nested"], model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator().manual_seed(0))
+    van = run(samplers["vanilla"], model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator().manual_seed(0))
+    images = model.decode(nest.x0)
     assert nest.nfe == van.nfe == 20 and [p.nfe for p in nest.previews] == [4, 8, 12, 16, 20]
     assert spy.calls == [6] * 40  # every call is guided (cond + null in one batch): 20 inner calls, 20 vanilla calls
     assert images.shape == (3, 3, 16, 16) and torch.isfinite(images).all()
-    # the learned variance serves the inner process only; the outer step is deterministic DDIM
-    inner = samplers["nested"].x0_sampler
-    assert isinstance(inner.x0_sampler, LearnedVariance) and type(inner.transition).__name__ == "DDPM"
-    assert type(samplers["nested"].transition).__name__ == "DDIM" and samplers["nested"].transition.eta == 0.0
+    # the learned variance draws noise in the inner DDPM steps; the outer step is deterministic DDIM on x̂_0
+    inner_runs = [run(samplers["nested"], model.noise(torch.Generator().manual_seed(0)),
+                      generator=torch.Generator().manual_seed(s), record_inner=True) for s in (1, 2)]
+    assert not torch.equal(inner_runs[0].x0, inner_runs[1].x0)
+    for a, b in zip(inner_runs[0].inner, inner_runs[1].inner):
+        assert torch.equal(a.x0, b.x0) == (a.path[1] == 0 and a.path[0] == 0)  # equal only before any noise
 
 
 def test_dit_guidance_only_inside_the_inner_process(dit_pipe):
     """With outer = 1 and guidance, nested equals vanilla: the outer step adds no network call and no guidance."""
     model = dit_model(dit_pipe, [3, 4], guidance_scale=4.0)
-    from nestedlib import nested, vanilla
     x_T = model.noise(torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        a = run(nested(model.network, model.schedule, 1, 6, learned_variance=True), x_T, generator=torch.Generator().manual_seed(2))
-        b = run(vanilla(model.network, model.schedule, 6, transition="ddpm", learned_variance=True), x_T,
-                generator=torch.Generator().manual_seed(2))
+    inner = vanilla(model.network, model.schedule, 6, transition="ddpm", learned_variance=True)
+    a = run(nested(inner, 1), x_T, generator=torch.Generator().manual_seed(2))
+    b = run(inner, x_T, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a.x0, b.x0)
 
 
@@ -89,14 +88,12 @@ def test_sd_pipeline_nested_and_vanilla_end_to_end(sd_pipe):
     assert not model.learned_variance and model.shape == (2, 4, 8, 8)
     samplers = paper_samplers(model, total_nfe=50)  # 25 outer x 2 inner, as the authors' script at 50 NFEs
     spy = Spy(sd_pipe.unet)
-    with torch.no_grad():
-        nest = run(samplers["nested"], model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator().manual_seed(0))
-        images = model.decode(nest.x0)
+    nest = run(samplers["nested"], model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator().manual_seed(0),
+               record_inner=True)
+    images = model.decode(nest.x0)
     assert nest.nfe == 50 and len(nest.previews) == 25 and spy.calls == [4] * 50
     assert images.shape == (2, 3, 16, 16)
-    inner = samplers["nested"].x0_sampler
-    assert isinstance(inner.x0_sampler, NetworkMean) and inner.transition.eta == 0.85
-    assert inner.grid(999) == [999, 1]  # the authors' inner grid over [1, t]
+    assert [e.t for e in nest.inner[:2]] == [999, 1]  # the authors' inner grid over [1, t]
 
 
 def test_pixel_pipeline(dit_pipe):
@@ -105,8 +102,7 @@ def test_pixel_pipeline(dit_pipe):
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        norm_num_groups=4)
     model = pixel_model(DDPMPipeline(unet=unet.eval(), scheduler=DDPMScheduler()), batch_size=5)
-    with torch.no_grad():
-        res = run(paper_samplers(model, 10)["nested"], model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator())
+    res = run(paper_samplers(model, 10)["nested"], model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator())
     assert res.x0.shape == (5, 1, 8, 8) and res.nfe == 10
 
 
@@ -118,3 +114,50 @@ def test_bad_conditions_are_refused(dit_pipe, sd_pipe):
     model = dit_model(dit_pipe, [1, 2])
     with pytest.raises(ValueError, match="does not divide into 5 outer steps"):
         paper_samplers(model, total_nfe=101)
+
+
+# ---- golden full-loop numbers: a refactor that changes numbers fails loudly -------------------------------------
+# float32 networks: another CPU's vector unit or thread count reorders sums (~1e-7 relative per operation); over 20
+# steps of these tiny contracting networks that stays far below 1e-4, while a change of grid, guidance or noise
+# moves these means by more than 1 %. Means of absolute values, not signed sums, so nothing cancels.
+
+def _golden(model, sampler, seed=0):
+    result = run(sampler, model.noise(torch.Generator().manual_seed(seed)), generator=torch.Generator().manual_seed(seed))
+    return [p.x0.abs().mean().item() for p in result.previews[:: max(1, len(result.previews) // 5)]]
+
+
+def test_golden_dit_nested_and_vanilla(dit_pipe):
+    model = dit_model(dit_pipe, [1, 7, 7], guidance_scale=1.5)
+    samplers = paper_samplers(model, total_nfe=20)
+    assert _golden(model, samplers["nested"]) == pytest.approx(GOLDEN["dit_nested"], rel=1e-4)
+    assert _golden(model, samplers["vanilla"]) == pytest.approx(GOLDEN["dit_vanilla"], rel=1e-4)
+
+
+def test_golden_sd_nested_and_vanilla(sd_pipe):
+    model = sd_model(sd_pipe, ["a seven", "a digit"], guidance_scale=7.5)
+    samplers = paper_samplers(model, total_nfe=50)
+    assert _golden(model, samplers["nested"]) == pytest.approx(GOLDEN["sd_nested"], rel=1e-4)
+    assert _golden(model, samplers["vanilla"]) == pytest.approx(GOLDEN["sd_vanilla"], rel=1e-4)
+
+
+GOLDEN = {  # mean |x̂_0| of the previews at 20, 40, ..., 100 % of the budget (OMP_NUM_THREADS 1 and 2 agree to 3e-7)
+    "dit_nested": [161.3556365966797, 158.43878173828125, 158.61851501464844, 158.66893005371094, 158.62892150878906],
+    "dit_vanilla": [158.86729431152344, 194.16490173339844, 198.5589141845703, 199.38719177246094, 199.5824737548828],
+    "sd_nested": [12.174271583557129, 12.011528015136719, 11.974151611328125, 11.965065002441406, 11.963156700134277],
+    "sd_vanilla": [12.148309707641602, 12.006553649902344, 11.96496868133545, 11.955937385559082, 11.954559326171875],
+}
+
+
+# ---- no autograd graph while sampling (the public API, called outside any no_grad) -----------------------------
+
+def test_sampling_keeps_no_autograd_graph(dit_pipe, sd_pipe):
+    assert all(p.requires_grad for p in dit_pipe.transformer.parameters())  # as a freshly built or loaded model
+    for model in (dit_model(dit_pipe, [1, 2]), sd_model(sd_pipe, ["a seven", "a digit"])):
+        for name, sampler in paper_samplers(model, total_nfe=10 if model.kind == "dit" else 25).items():
+            result = run(sampler, model.noise(torch.Generator().manual_seed(0)), generator=torch.Generator(),
+                         record_inner=True)
+            tensors = [result.x0] + [t for e in result.previews + result.inner for t in (e.x0, e.draw, e.x)]
+            assert not any(t.requires_grad or t.grad_fn is not None for t in tensors), (model.kind, name)
+    model = dit_model(dit_pipe, [1, 2])
+    opted_in = run(paper_samplers(model, total_nfe=5)["nested"], model.noise(torch.Generator()), grad=True)
+    assert opted_in.x0.requires_grad  # methods that need gradients with respect to x_t opt in

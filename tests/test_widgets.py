@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from nestedlib import nested, run
+from nestedlib import nested, run, vanilla
 from nestedlib.widgets import LiveRun, frames_at, image_grid, nfe_scrubber, png
 
 
 def test_frames_are_the_previews_held_at_each_nfe(toy_net, schedule):
-    result = run(nested(toy_net, schedule, 5, 4), torch.randn(10, 2, dtype=torch.float64), generator=torch.Generator())
+    result = run(nested(vanilla(toy_net, schedule, 4, transition="ddpm"), 5), torch.randn(10, 2, dtype=torch.float64), generator=torch.Generator())
     rendered = []
     frames = frames_at(result, [1, 3, 4, 5, 8, 20], lambda x0: rendered.append(x0) or str(len(rendered)).encode(), b"-")
     assert frames == [b"-", b"-", b"1", b"1", b"2", b"3"]  # blank before the first preview, then the preview held
@@ -36,7 +36,7 @@ def test_image_grid_layout():
 def test_live_run_stops_on_request(toy_net, schedule):
     from functools import partial
 
-    proc = nested(toy_net, schedule, 5, 20)
+    proc = nested(vanilla(toy_net, schedule, 20, transition="ddpm"), 5)
     live = LiveRun({"nested": partial(run, proc, torch.randn(50, 2, dtype=torch.float64), generator=torch.Generator())},
                    render=lambda x0: b"png", total_nfe=100)
     live.stop()  # Stop pressed: the run ends at its first event, before any preview
