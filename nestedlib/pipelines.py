@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -35,14 +35,21 @@ class Model:
     learned_variance: bool = False
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    preset: str = "book"  # "paper": the authors' exact code paths (see `paper_samplers`); "book": this book's defaults
 
     def noise(self, generator: torch.Generator) -> torch.Tensor:
         """x_T ~ N(0, I), drawn from `generator` on its own device, then moved to the model's."""
         return torch.randn(self.shape, generator=generator, device=generator.device, dtype=self.dtype).to(self.device)
 
 
-def dit_model(pipe, class_labels: Sequence[int] | torch.Tensor, guidance_scale: float = 1.5, name: str = "dit") -> Model:
-    """A diffusers DiTPipeline: class-conditional, learned variance, guidance on the epsilon channels only."""
+def dit_model(pipe, class_labels: Sequence[int] | torch.Tensor, guidance_scale: float = 1.5, name: str = "dit",
+              preset: str = "book") -> Model:
+    """A diffusers DiTPipeline: class-conditional, learned variance, guidance on the epsilon channels only.
+
+    preset="paper" guides only the first 3 of the 4 latent noise channels, as the official DiT sampler that the
+    paper's numbers come from does (`eps = model_out[:, :3]`); "book" guides all 4, as diffusers' DiTPipeline.
+    """
+    _check_preset(preset)
     transformer, vae = pipe.transformer, pipe.vae
     device, dtype = transformer.device, transformer.dtype
     labels = torch.as_tensor(class_labels, dtype=torch.long, device=device).reshape(-1)
@@ -53,12 +60,19 @@ def dit_model(pipe, class_labels: Sequence[int] | torch.Tensor, guidance_scale: 
     def fn(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return transformer(x.to(dtype), timestep=t, class_labels=cond).sample.to(x.dtype)
 
-    network = Network(fn, cond=labels, null_cond=torch.full_like(labels, null_class), guidance_scale=guidance_scale)
+    network = Network(fn, cond=labels, null_cond=torch.full_like(labels, null_class), guidance_scale=guidance_scale,
+                      guided_channels=3 if preset == "paper" else None)
     c, size = transformer.config.in_channels, transformer.config.sample_size
     return Model(
         name, "dit", network, Schedule.from_diffusers(pipe.scheduler), (len(labels), c, size, size),
         _vae_decoder(vae), learned_variance=transformer.config.out_channels == 2 * c, device=device, dtype=dtype,
+        preset=preset,
     )
+
+
+def _check_preset(preset: str) -> None:
+    if preset not in ("book", "paper"):
+        raise ValueError(f"unknown preset {preset!r}; use 'paper' (the authors' exact settings) or 'book'")
 
 
 def sd_model(pipe, prompts: Sequence[str] | str, guidance_scale: float = 7.5, name: str = "sd",
@@ -116,12 +130,14 @@ GUIDANCE = {"facebook/DiT-XL-2-256": 1.5, "stable-diffusion-v1-5/stable-diffusio
 
 
 def prepare(name: str, cond: Any = None, guidance_scale: float | None = None, *, batch_size: int | None = None,
-            device: str | torch.device = "cpu") -> Model:
+            device: str | torch.device = "cpu", preset: str = "book") -> Model:
     """Load a model by name (nestedlib.models registry: bundled or hub) and wrap it for nestedlib.
 
     cond: class labels for DiT models, prompts for Stable Diffusion models, nothing for pixel models.
-    guidance_scale: defaults to GUIDANCE[name].
+    guidance_scale: defaults to GUIDANCE[name]. preset: "paper" for the authors' exact DiT settings (see
+    `paper_samplers`), "book" for this book's defaults.
     """
+    _check_preset(preset)
     from .models import info, load
 
     info(name)  # an unknown name fails here, listing the known ones
@@ -129,15 +145,15 @@ def prepare(name: str, cond: Any = None, guidance_scale: float | None = None, *,
     cls = type(pipe).__name__
     if cls == "DiTPipeline":
         scale = guidance_scale if guidance_scale is not None else GUIDANCE.get(name, 1.5)
-        return dit_model(pipe, cond if cond is not None else list(range(10)), scale, name)
+        return dit_model(pipe, cond if cond is not None else list(range(10)), scale, name, preset)
     if cls == "StableDiffusionPipeline":
         scale = guidance_scale if guidance_scale is not None else GUIDANCE.get(name, 7.5)
         if cond is None:
             raise ValueError(f"{name} is text-conditioned: pass cond=[prompt, ...], one prompt per sample")
-        return sd_model(pipe, cond, scale, name)
+        return replace(sd_model(pipe, cond, scale, name), preset=preset)
     if cond is not None:
         raise ValueError(f"{name} is unconditional: leave cond out and pass batch_size")
-    return pixel_model(pipe, batch_size or 16, name)
+    return replace(pixel_model(pipe, batch_size or 16, name), preset=preset)
 
 
 def paper_samplers(model: Model, total_nfe: int, outer: int | None = None) -> dict[str, Diffusion]:
@@ -147,17 +163,24 @@ def paper_samplers(model: Model, total_nfe: int, outer: int | None = None) -> di
     nested = 5 outer DDIM steps, each an inner DDPM (learned variance) run over [0, t] of total_nfe / 5 steps.
     Stable Diffusion (the authors' script): vanilla = DDIM with `total_nfe` steps; nested = 25 outer DDIM steps of
     total_nfe / 25 inner DDIM(eta = 0.85) steps over [1, t]. Pixel models follow the DiT settings.
+
+    With model.preset == "paper" (DiT), every grid is built by improved-diffusion's `space_timesteps`, as the
+    authors' DiT script does (5 outer steps: [999, 799, 599, 400, 200]); guidance on 3 channels comes with the
+    model (`dit_model`). The "book" preset uses rounded linspace grids ([999, 799, 600, 400, 201]).
     """
     net, sched = model.network, model.schedule
+    if model.kind == "sd" and model.preset == "paper":
+        raise ValueError("the authors' exact Stable Diffusion inner ending (a last DDIM step to abar_0 = 0.99915) is "
+                         "not implemented yet; preset='book' uses their grids, eta and guidance with an exact x̂_0 end")
     if model.kind == "sd":
         outer = outer or 25
         inner = vanilla(net, sched, split_budget(total_nfe, outer), transition="ddim", eta=0.85, t_end=1)
         return {"vanilla": vanilla(net, sched, total_nfe, transition="ddim", t_end=1), "nested": nested(inner, outer)}
     outer = outer or 5
-    lv = model.learned_variance
-    inner = vanilla(net, sched, split_budget(total_nfe, outer), transition="ddpm", learned_variance=lv)
-    return {"vanilla": vanilla(net, sched, total_nfe, transition="ddpm", learned_variance=lv),
-            "nested": nested(inner, outer)}
+    kw = dict(transition="ddpm", learned_variance=model.learned_variance,
+              spacing="space_timesteps" if model.preset == "paper" else "linspace")
+    inner = vanilla(net, sched, split_budget(total_nfe, outer), **kw)
+    return {"vanilla": vanilla(net, sched, total_nfe, **kw), "nested": nested(inner, outer, spacing=kw["spacing"])}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import torch
 
-from .schedules import CLEAN, Schedule, timesteps
-from .transitions import DDIM, DDPM, ddpm_posterior_coefficients, learned_range_log_variance, randn
+from .schedules import CLEAN, OUTER_T_END, SPACINGS, Schedule, timesteps
+from .transitions import DDIM, DDPM, ddpm_posterior_coefficients, learned_range_log_variance
 
 
 class StopSampling(Exception):
@@ -121,10 +121,15 @@ class Event:
 
 
 class Estimate(NamedTuple):
-    """An x0-sampler's answer: the draw x̂_0 ~ p(x_0 | x_t) and the prediction a preview shows (often the same)."""
+    """An x0-sampler's answer: the draw x̂_0 ~ p(x_0 | x_t) and the prediction a preview shows (often the same).
+
+    `variance`, when given, is the reverse step's own variance sigma_theta^2 (DiT's learned range): the DDPM
+    transition then adds it in place of beta~ (see `LearnedVariance`).
+    """
 
     draw: torch.Tensor
     preview: torch.Tensor
+    variance: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -153,12 +158,12 @@ class X0Sampler(Protocol):
 
 
 class Transition(Protocol):
-    """q(x_{t'} | x̂_0, x_t), Eq. 1's closed-form step (`nestedlib.transitions`)."""
+    """q(x_{t'} | x̂_0, x_t), Eq. 1's closed-form step (`nestedlib.transitions`); `variance` replaces its own."""
 
     schedule: Schedule
 
     def __call__(self, x_t: torch.Tensor, x0: torch.Tensor, t: int, t_next: int,
-                 generator: torch.Generator | None = None) -> torch.Tensor: ...
+                 generator: torch.Generator | None = None, variance: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -192,10 +197,12 @@ class NetworkMean:
 
 
 class LearnedVariance(NetworkMean):
-    """x̂_0 ~ N(mean, s^2 I) with s^2 = (sigma_theta^2 - beta~) / c0^2, so that the DDPM transition reproduces DiT's
-    learned-range step sigma_theta^2 = exp(v log beta + (1 - v) log beta~) (Nichol & Dhariwal 2021, eq. 15).
+    """DiT's ancestral step: x_{t'} ~ N(mu~(x̂_0, x_t), sigma_theta^2 I) with x̂_0 the network's mean and
+    sigma_theta^2 = exp(frac log beta + (1 - frac) log beta~), frac = (v + 1) / 2 (Nichol & Dhariwal 2021, eq. 15).
 
-    Pair it with the DDPM transition: q adds c0 x̂_0 + beta~ noise, so x_{t'} has variance c0^2 s^2 + beta~ = sigma_theta^2.
+    In Eq. 1's terms, where sigma_theta^2 >= beta~ this is a draw x̂_0 ~ N(mean, (sigma_theta^2 - beta~) / c0^2)
+    followed by the DDPM posterior; DiT's network may also ask for less than beta~ (v < -1), which no x̂_0 draw can
+    give, so the variance is handed to the DDPM transition itself (Estimate.variance), exactly as DiT steps.
     The preview is the mean, as for every one-step sampler.
     """
 
@@ -207,11 +214,10 @@ class LearnedVariance(NetworkMean):
         if t_next == CLEAN:
             return Estimate(mean, mean)  # the last step adds no noise
         abar_t, abar_prev = self.schedule.abar(t), self.schedule.abar(t_next)
-        c0, _, var_tilde = ddpm_posterior_coefficients(abar_t, abar_prev)  # q's weight on x̂_0 and beta~
         beta = 1.0 - abar_t / abar_prev  # the step's beta (respaced)
+        var_tilde = ddpm_posterior_coefficients(abar_t, abar_prev)[2]  # beta~ of the step
         var = torch.exp(learned_range_log_variance(out[:, x.shape[1] :], math.log(beta), math.log(var_tilde)))
-        s = ((var - var_tilde).clamp(min=0.0) / c0**2).sqrt()  # sigma_theta^2 = c0^2 s^2 + beta~
-        return Estimate(mean + s * randn(x, ctx.generator), mean)
+        return Estimate(mean, mean, var)  # sigma_theta^2, for the DDPM transition
 
 
 class Diffusion:
@@ -223,12 +229,14 @@ class Diffusion:
     """
 
     def __init__(self, x0_sampler: X0Sampler, transition: Transition, steps: int | Sequence[int], *,
-                 t_end: int = 0, drop_end: bool = False):
+                 t_end: int = 0, drop_end: bool = False, spacing: str = "linspace"):
         counts = [steps] if isinstance(steps, int) else list(steps)
         if not counts or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in counts):
             raise ValueError(f"steps must be a positive integer or a non-empty list of them, got {steps!r}")
+        if spacing not in SPACINGS:
+            raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
         self.x0_sampler, self.transition, self.steps = x0_sampler, transition, steps
-        self.t_end, self.drop_end = t_end, drop_end
+        self.t_end, self.drop_end, self.spacing = t_end, drop_end, spacing
 
     @property
     def schedule(self) -> Schedule:
@@ -243,7 +251,7 @@ class Diffusion:
         else:
             raise ValueError(f"{len(self.steps)} step counts were given, but the enclosing process has a step "
                              f"{index}; give one count per step of the enclosing process")
-        return timesteps(t_start, k, t_end=self.t_end, drop_end=self.drop_end)
+        return timesteps(t_start, k, t_end=self.t_end, drop_end=self.drop_end, spacing=self.spacing)
 
     def nfe(self, t_start: int, index: int = 0) -> int:
         """NFEs of one run from t_start: the sum over the grid of the x0-sampler's NFEs (|outer| x |inner|)."""
@@ -254,8 +262,8 @@ class Diffusion:
         grid = self.grid(t_start, index)
         for j, t in enumerate(grid):
             t_next = grid[j + 1] if j + 1 < len(grid) else CLEAN
-            draw, preview = self.x0_sampler(x, t, t_next, ctx.child(j))  # Alg. 1: x̂_0 ~ p(x_0 | x_t)
-            x = self.transition(x, draw, t, t_next, ctx.generator)  # Alg. 1: x_{t'} ~ q(x_{t'} | x̂_0, x_t)
+            draw, preview, variance = self.x0_sampler(x, t, t_next, ctx.child(j))  # Alg. 1: x̂_0 ~ p(x_0 | x_t)
+            x = self.transition(x, draw, t, t_next, ctx.generator, variance)  # Alg. 1: x_{t'} ~ q(x_{t'} | x̂_0, x_t)
             event = Event(ctx.depth, ctx.path + (j,), t, t_next, preview, draw, x, nfe_so_far())
             ctx.report(event)
             yield event
@@ -355,7 +363,7 @@ def run(process: Diffusion, x_T: torch.Tensor, *, generator: torch.Generator | N
 
 def vanilla(network: Callable, schedule: Schedule, steps: int | Sequence[int], *, transition: str = "ddim",
             eta: float = 0.0, learned_variance: bool = False, clip: float | None = None, t_end: int = 0,
-            drop_end: bool = False) -> Diffusion:
+            drop_end: bool = False, spacing: str = "linspace") -> Diffusion:
     """Algorithm 1 with the network's x̂_0: DDPM (transition='ddpm', optionally DiT's learned variance) or DDIM(eta)."""
     if transition not in ("ddim", "ddpm"):
         raise ValueError(f"unknown transition {transition!r}; choose 'ddim' (with eta in [0, 1]) or 'ddpm'")
@@ -363,17 +371,20 @@ def vanilla(network: Callable, schedule: Schedule, steps: int | Sequence[int], *
         raise ValueError("the learned variance is DDPM's (DiT's ancestral sampler); use transition='ddpm' with it")
     q = DDIM(schedule, eta) if transition == "ddim" else DDPM(schedule)
     x0_sampler = (LearnedVariance if learned_variance else NetworkMean)(network, schedule, clip)
-    return Diffusion(x0_sampler, q, steps, t_end=t_end, drop_end=drop_end)
+    return Diffusion(x0_sampler, q, steps, t_end=t_end, drop_end=drop_end, spacing=spacing)
 
 
-def nested(inner: X0Sampler, outer: int, *, eta: float = 0.0, schedule: Schedule | None = None) -> Diffusion:
+def nested(inner: X0Sampler, outer: int, *, eta: float = 0.0, spacing: str = "linspace",
+           schedule: Schedule | None = None) -> Diffusion:
     """Algorithm 2: an outer DDIM(eta) process of `outer` steps whose x0-sampler is a whole inner diffusion.
 
-    Outer grid: the authors' round(linspace(1, T-1, outer + 1)) without its last point. The inner process (e.g.
+    Outer grid: the authors' `outer_timesteps` (outer + 1 points, the last dropped): round(linspace(1, T-1)) as in
+    their SD script, or space_timesteps over [0, T-1] as in their DiT script. The inner process (e.g.
     `vanilla(network, schedule, 20, transition="ddpm")`) starts exactly at each outer t and runs to the clean end;
     it alone calls the network, so guidance and any learned variance live in it: the outer step needs only x̂_0.
     """
     steps = getattr(inner, "steps", None)
     if isinstance(steps, (list, tuple)) and len(steps) != outer:
         raise ValueError(f"give one inner step count per outer step: {outer} outer steps, {len(steps)} counts")
-    return Diffusion(inner, DDIM(schedule or inner.schedule, eta), outer, t_end=1, drop_end=True)
+    return Diffusion(inner, DDIM(schedule or inner.schedule, eta), outer, t_end=OUTER_T_END[spacing], drop_end=True,
+                     spacing=spacing)

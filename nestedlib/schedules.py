@@ -66,19 +66,39 @@ class Schedule:
         return a**0.5 * x0 + (1 - a) ** 0.5 * noise
 
 
-def timesteps(t_start: int, steps: int, *, t_end: int = 0, drop_end: bool = False) -> list[int]:
+SPACINGS = ("linspace", "space_timesteps")  # the two grid conventions of the paper's two codebases
+
+
+def _space_timesteps(t_start: int, t_end: int, points: int) -> list[int]:
+    """improved-diffusion's `space_timesteps` (the authors' DiT code): a float stride added up from t_end, each
+    running sum rounded with Python's round (ties to even); returned in decreasing order."""
+    stride = (t_start - t_end) / (points - 1)
+    taken, cur = [], 0.0
+    for _ in range(points):
+        taken.append(t_end + round(cur))
+        cur += stride  # a running float sum, not i * stride: it can fall just below a tie (499.4999... -> 499)
+    return taken[::-1]
+
+
+def timesteps(t_start: int, steps: int, *, t_end: int = 0, drop_end: bool = False,
+              spacing: str = "linspace") -> list[int]:
     """A grid of `steps` timesteps from t_start down to t_end, uniformly spaced and rounded.
 
+    spacing="linspace": round(linspace(t_end, t_start, points)) (numpy rounding), as diffusers and the authors'
+    Stable Diffusion script; spacing="space_timesteps": improved-diffusion's running-sum rounding, as DiT and the
+    authors' DiT script. They differ by 1 at exact ties (t = 999, 21 steps: 500 against 499).
     - DiT's respacing (and the paper's inner process on ImageNet): t_end = 0, both ends included,
       e.g. timesteps(999, 5) == [999, 749, 500, 250, 0].
     - The authors' Stable Diffusion inner process: t_end = 1, e.g. timesteps(999, 4, t_end=1) == [999, 666, 334, 1].
-    - The authors' outer process: linspace(1, 999, outer + 1) with the last point (t = 1) dropped:
-      timesteps(999, outer, t_end=1, drop_end=True).
+    - The authors' outer processes: `steps + 1` points with the last dropped: over [1, 999] in their SD script,
+      over [0, 999] with space_timesteps in their DiT script (`outer_timesteps`).
     """
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"the number of steps must be a positive integer, got {steps!r}")
     if not isinstance(t_start, (int, np.integer)) or t_start < t_end:
         raise ValueError(f"a grid must start at or above t_end={t_end}, got t_start={t_start!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
     points = int(steps) + int(drop_end)
     available = t_start - t_end + 1
     if points > available:
@@ -89,15 +109,20 @@ def timesteps(t_start: int, steps: int, *, t_end: int = 0, drop_end: bool = Fals
             f"or fewer outer steps so that every outer timestep stays high enough)."
         )
     if points == 1:
-        grid = [int(t_start)]
+        grid = [int(t_start)]  # (improved-diffusion would give [t_end] here; a one-step grid starts where it is)
+    elif spacing == "space_timesteps":
+        grid = _space_timesteps(int(t_start), int(t_end), points)
     else:
         grid = np.round(np.linspace(t_end, t_start, points)).astype(int)[::-1].tolist()
     return grid[:-1] if drop_end else grid
 
 
-def outer_timesteps(steps: int, num_timesteps: int = 1000) -> list[int]:
-    """The authors' outer grid: round(linspace(1, T - 1, steps + 1)), reversed, last point dropped."""
-    return timesteps(num_timesteps - 1, steps, t_end=1, drop_end=True)
+OUTER_T_END = {"linspace": 1, "space_timesteps": 0}  # where the authors' outer grids start: SD script 1, DiT script 0
+
+
+def outer_timesteps(steps: int, num_timesteps: int = 1000, spacing: str = "linspace") -> list[int]:
+    """The authors' outer grid: steps + 1 points from T - 1 down to OUTER_T_END[spacing], the last one dropped."""
+    return timesteps(num_timesteps - 1, steps, t_end=OUTER_T_END[spacing], drop_end=True, spacing=spacing)
 
 
 def split_budget(total_nfe: int, outer: int) -> int:

@@ -37,10 +37,12 @@ def learned_range_log_variance(v, log_beta, log_beta_tilde):
     return frac * log_beta + (1.0 - frac) * log_beta_tilde
 
 
-def ddpm_step(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float, abar_prev: float, noise: torch.Tensor):
-    """A draw from the DDPM posterior q(x_{t'} | x̂_0, x_t) (Ho et al. 2020, eqs. 6-7)."""
+def ddpm_step(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float, abar_prev: float, noise: torch.Tensor,
+              variance=None):
+    """A draw from the DDPM posterior q(x_{t'} | x̂_0, x_t) (Ho et al. 2020, eqs. 6-7), or with a learned variance."""
     c0, ct, var = ddpm_posterior_coefficients(abar_t, abar_prev)
-    return c0 * x0 + ct * x_t + var**0.5 * noise  # mu~_t(x_t, x̂_0) + sqrt(beta~_t) z
+    var = var if variance is None else variance  # beta~_t, or sigma_theta^2 of a learned-range step (DiT)
+    return c0 * x0 + ct * x_t + var**0.5 * noise  # mu~_t(x_t, x̂_0) + sigma z
 
 
 def ddim_sigma(abar_t: float, abar_prev: float, eta: float) -> float:
@@ -65,10 +67,11 @@ class DDPM:
     def __init__(self, schedule: Schedule):
         self.schedule = schedule
 
-    def __call__(self, x_t, x0, t: int, t_next: int, generator=None) -> torch.Tensor:
+    def __call__(self, x_t, x0, t: int, t_next: int, generator=None, variance=None) -> torch.Tensor:
         if t_next == CLEAN:
             return x0  # q(x_{-1} | x̂_0, x_t) = delta(x̂_0): the last step adds no noise
-        return ddpm_step(x_t, x0, self.schedule.abar(t), self.schedule.abar(t_next), randn(x_t, generator))
+        noise = randn(x_t, generator)
+        return ddpm_step(x_t, x0, self.schedule.abar(t), self.schedule.abar(t_next), noise, variance)
 
     def __repr__(self) -> str:
         return "DDPM()"
@@ -84,7 +87,9 @@ class DDIM:
             raise ValueError(f"DDIM's eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM), got {eta!r}")
         self.schedule, self.eta = schedule, float(eta)
 
-    def __call__(self, x_t, x0, t: int, t_next: int, generator=None) -> torch.Tensor:
+    def __call__(self, x_t, x0, t: int, t_next: int, generator=None, variance=None) -> torch.Tensor:
+        if variance is not None:
+            raise ValueError("a learned variance belongs to the DDPM transition (DiT's ancestral step), not to DDIM")
         if t_next == CLEAN:
             return x0  # abar_{-1} = 1: x_{-1} = x̂_0 exactly
         noise = randn(x_t, generator) if self.eta > 0 else None  # diffusers draws noise only when eta > 0

@@ -133,6 +133,28 @@ def test_golden_dit_nested_and_vanilla(dit_pipe):
     assert _golden(model, samplers["vanilla"]) == pytest.approx(GOLDEN["dit_vanilla"], rel=1e-4)
 
 
+def test_golden_dit_paper_preset(dit_pipe):
+    model = dit_model(dit_pipe, [1, 7, 7], guidance_scale=1.5, preset="paper")
+    samplers = paper_samplers(model, total_nfe=20)
+    assert _golden(model, samplers["nested"]) == pytest.approx(GOLDEN["dit_paper_nested"], rel=1e-4)
+    assert _golden(model, samplers["vanilla"]) == pytest.approx(GOLDEN["dit_paper_vanilla"], rel=1e-4)
+
+
+def test_the_paper_preset_is_the_authors_dit_sampler(dit_pipe):
+    """The authors' DiT script: space_timesteps grids everywhere, guidance on the first 3 latent channels only."""
+    seen = []
+    dit_pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(int(kw["timestep"][0])),
+                                                   with_kwargs=True)
+    paper = dit_model(dit_pipe, [1, 7], guidance_scale=4.0, preset="paper")
+    run(paper_samplers(paper, total_nfe=105)["nested"], paper.noise(torch.Generator().manual_seed(0)))
+    assert seen[:21][9:12] == [549, 499, 450] and seen[21] == 799 and seen[21 * 4] == 200  # outer 999 .. 200
+    x, book = paper.noise(torch.Generator()), dit_model(dit_pipe, [1, 7], guidance_scale=4.0)
+    a, b = paper.network(x, 500), book.network(x, 500)
+    assert torch.equal(a[:, :3], b[:, :3]) and not torch.equal(a[:, 3], b[:, 3])  # channel 3: conditional only
+    with pytest.raises(ValueError, match="unknown preset"):
+        dit_model(dit_pipe, [1], preset="authors")
+
+
 def test_golden_sd_nested_and_vanilla(sd_pipe):
     model = sd_model(sd_pipe, ["a seven", "a digit"], guidance_scale=7.5)
     samplers = paper_samplers(model, total_nfe=50)
@@ -141,8 +163,10 @@ def test_golden_sd_nested_and_vanilla(sd_pipe):
 
 
 GOLDEN = {  # mean |x̂_0| of the previews at 20, 40, ..., 100 % of the budget (OMP_NUM_THREADS 1 and 2 agree to 3e-7)
-    "dit_nested": [161.3556365966797, 158.43878173828125, 158.61851501464844, 158.66893005371094, 158.62892150878906],
-    "dit_vanilla": [158.86729431152344, 194.16490173339844, 198.5589141845703, 199.38719177246094, 199.5824737548828],
+    "dit_nested": [167.02066040039062, 163.5459747314453, 163.300048828125, 163.38177490234375, 163.403076171875],
+    "dit_vanilla": [158.86729431152344, 233.3050079345703, 235.8046112060547, 236.65687561035156, 236.889404296875],
+    "dit_paper_nested": [166.45545959472656, 163.04078674316406, 162.80433654785156, 162.88365173339844, 162.9011993408203],
+    "dit_paper_vanilla": [158.3056182861328, 232.35813903808594, 234.77650451660156, 235.6132354736328, 235.8377685546875],
     "sd_nested": [12.174271583557129, 12.011528015136719, 11.974151611328125, 11.965065002441406, 11.963156700134277],
     "sd_vanilla": [12.148309707641602, 12.006553649902344, 11.96496868133545, 11.955937385559082, 11.954559326171875],
 }

@@ -226,39 +226,36 @@ def test_variance_channels_come_from_the_conditional_branch():
     assert torch.allclose(out[:, 2:], torch.full((4, 2), 0.3 - 0.5))
 
 
-def test_learned_variance_step_has_dits_mean_and_variance(schedule):
-    """LearnedVariance + DDPM posterior has the law of DiT's learned-range step N(mu~(x̂_0, x_t), sigma_theta^2).
-
-    Mean and variance are compared with the closed form, not with a second sample: with n = 40,000 draws the sample
-    mean is off by sigma / sqrt(n) (one standard error) and the sample variance by sigma^2 sqrt(2 / n) (0.7 %);
-    the tolerances are five of those.
-    """
-    n, t, t_next, v, eps = 40000, 500, 250, -0.3, 0.2
-    x_t = torch.full((n, 1), 0.7, dtype=torch.float64)
-    fn = lambda x, tt, c: torch.cat([torch.full_like(x, eps), torch.full_like(x, v)], 1)
-    est = LearnedVariance(Network(fn), schedule)(x_t, t, t_next, Context(generator=torch.Generator().manual_seed(0)))
-    ours = DDPM(schedule)(x_t, est.draw, t, t_next, torch.Generator().manual_seed(1))
-    a, a_prev = schedule.abar(t), schedule.abar(t_next)
-    beta, beta_tilde = 1 - a / a_prev, (1 - a_prev) / (1 - a) * (1 - a / a_prev)
-    var = beta ** ((v + 1) / 2) * beta_tilde ** (1 - (v + 1) / 2)  # exp(frac log beta + (1 - frac) log beta~)
-    x0 = (0.7 - (1 - a) ** 0.5 * eps) / a**0.5
-    mean = a_prev**0.5 * beta / (1 - a) * x0 + (1 - beta) ** 0.5 * (1 - a_prev) / (1 - a) * 0.7  # DDPM eq. 7
-    assert abs(ours.mean().item() - mean) < 5 * (var / n) ** 0.5
-    assert abs(ours.var().item() / var - 1) < 5 * (2 / n) ** 0.5
-    assert torch.equal(est.preview, torch.full_like(x_t, x0)) and not torch.equal(est.draw, est.preview)
+@pytest.mark.parametrize("v", [-1.7, -1.0, -0.3, 0.6, 1.0, 1.4])
+def test_learned_variance_step_is_dits_ancestral_step_for_every_v(schedule, v):
+    """LearnedVariance + DDPM = diffusers' DDPMScheduler step with variance_type="learned_range" (DiT's step), for
+    any network output v, also outside [-1, 1] where sigma_theta^2 < beta~ and no x̂_0 draw could give it.
+    Same formula and same noise, both in float64 (diffusers' float32 abar cast to float64): equal to 1e-12."""
+    t, t_next = 500, 250
+    x_t = torch.randn(3, 4, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    fn = lambda x, tt, c: torch.cat([0.3 * x, torch.full_like(x, v)], 1)  # noqa: E731
+    est = LearnedVariance(Network(fn), schedule)(x_t, t, t_next, Context())
+    ours = DDPM(schedule)(x_t, est.draw, t, t_next, torch.Generator().manual_seed(1), est.variance)
+    sched = DDPMScheduler(variance_type="learned_range", clip_sample=False)
+    sched.alphas_cumprod, sched.one = sched.alphas_cumprod.double(), sched.one.double()
+    sched.set_timesteps(timesteps=[t, t_next])
+    theirs = sched.step(fn(x_t, None, None), t, x_t, generator=torch.Generator().manual_seed(1)).prev_sample
+    assert (ours - theirs).abs().max().item() < 1e-12
+    beta_tilde = (1 - schedule.abar(t_next)) / (1 - schedule.abar(t)) * (1 - schedule.abar(t) / schedule.abar(t_next))
+    assert (est.variance.max().item() < beta_tilde) == (v < -1)  # below beta~ exactly when v < -1
 
 
-def test_a_vanilla_preview_is_the_network_mean_not_the_draw(schedule):
-    """The paper's (and every preview tool's) vanilla intermediate prediction is E[x_0 | x_t], not the noisy draw."""
-    fn = lambda x, tt, c: torch.cat([0.1 * x, torch.zeros_like(x)], 1)  # eps = 0.1 x_t, v = 0
+def test_a_vanilla_preview_is_the_network_mean(schedule):
+    """The paper's (and every preview tool's) vanilla intermediate prediction is E[x_0 | x_t] (DDPM eq. 15)."""
+    fn = lambda x, tt, c: torch.cat([0.1 * x, torch.zeros_like(x)], 1)  # noqa: E731  eps = 0.1 x_t, v = 0
     x_T, g = _noise(18, n=64)
     result = run(vanilla(Network(fn), schedule, 5, transition="ddpm", learned_variance=True), x_T, generator=g)
     x = x_T
     for event in result.previews:
         a = schedule.abar(event.t)
-        assert torch.allclose(event.x0, (x - (1 - a) ** 0.5 * 0.1 * x) / a**0.5, rtol=1e-12, atol=0)  # DDPM eq. 15
-        assert torch.equal(event.draw, event.x0) == (event.t_next == -1)  # noise in every draw but the last
+        assert torch.allclose(event.x0, (x - (1 - a) ** 0.5 * 0.1 * x) / a**0.5, rtol=1e-12, atol=0)
         x = event.x
+    assert not torch.allclose(result.previews[1].x, result.previews[1].x0, atol=0.1)  # the state itself is noisy
 
 
 def test_the_outer_step_is_deterministic_ddim_on_the_inner_x0(schedule):
@@ -267,15 +264,24 @@ def test_the_outer_step_is_deterministic_ddim_on_the_inner_x0(schedule):
                   guidance_scale=1.5)
     x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     runs = [run(nested(vanilla(net, schedule, 4, transition="ddpm", learned_variance=True), 3), x,
-                generator=torch.Generator().manual_seed(seed), record_inner=True) for seed in (1, 2)]
+                generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
     assert not torch.equal(runs[0].x0, runs[1].x0)  # the inner DDPM steps draw noise ...
     for event in runs[0].previews:
         a, a_next = schedule.abar(event.t), schedule.abar(event.t_next)
         eps = (x - a**0.5 * event.draw) / (1 - a) ** 0.5
         assert torch.allclose(event.x, a_next**0.5 * event.draw + (1 - a_next) ** 0.5 * eps, rtol=1e-12, atol=1e-12)
         x = event.x  # ... the outer step none
-    inner = [e for e in runs[0].inner if e.t_next != -1]
-    assert inner and all(not torch.equal(e.draw, e.x0) for e in inner)  # the learned variance serves the inner steps
+
+
+def test_paper_grids_are_the_authors_space_timesteps(schedule):
+    """The authors' DiT code builds grids with improved-diffusion's running-sum rounding (golden lists)."""
+    proc = nested(vanilla(Network(Recorder()), schedule, 21, transition="ddpm", spacing="space_timesteps"), 5,
+                  spacing="space_timesteps")
+    assert proc.grid(999) == [999, 799, 599, 400, 200]
+    assert proc.x0_sampler.grid(999)[9:12] == [549, 499, 450]  # a rounded linspace gives 500 at the tie
+    assert vanilla(Network(Recorder()), schedule, 21).grid(999)[9:12] == [549, 500, 450]
+    assert proc.x0_sampler.grid(200)[:3] == [200, 190, 180] and proc.x0_sampler.grid(200)[-1] == 0
+    assert nested(vanilla(Network(Recorder()), schedule, 4), 5).grid(999) == [999, 799, 600, 400, 201]
 
 
 # ---- diffusers schedulers as the inner process ------------------------------------------------------------------
