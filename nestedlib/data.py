@@ -66,27 +66,3 @@ def digits8(split: Split = "train") -> tuple[torch.Tensor, torch.Tensor]:
     idx = _split_indices(y, DIGITS8_HELDOUT_PER_CLASS, split)
     images = d.data[idx].reshape(-1, 1, 8, 8)
     return _to_unit_range(images, 16.0), torch.from_numpy(y[idx].astype(np.int64))
-
-
-def batches(n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """Indices of one random minibatch of size `batch_size` drawn without replacement from range(n)."""
-    return torch.randperm(n, generator=generator)[:batch_size]
-
-
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by an integer offset in [-max_shift, max_shift]^2 (zero fill); a data augmentation."""
-    if max_shift == 0:
-        return x
-    n, _, h, w = x.shape
-    pad = torch.nn.functional.pad(x, (max_shift,) * 4, value=-1.0)  # background is -1 (black)
-    off = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator)
-    out = torch.empty_like(x)
-    for i in range(n):
-        dy, dx = int(off[i, 0]), int(off[i, 1])
-        out[i] = pad[i, :, dy : dy + h, dx : dx + w]
-    return out
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Map images in [-1, 1] to grey levels 0..255 (uint8), rounding to nearest."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

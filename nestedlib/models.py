@@ -16,7 +16,8 @@ name                                       returns                          stan
 =========================================  ===============================  ============================
 
 Each bundled folder ``data/<name>/`` holds diffusers-style weights (safetensors + config.json),
-``SHA256SUMS`` (checked on every load), ``MODEL_CARD.md`` and ``samples.png``.
+``SHA256SUMS`` (checked on every load), ``MODEL_CARD.md`` and ``samples.png``. ``scripts/train.py`` builds,
+trains and writes them (architectures and writing in ``scripts/bundles.py``), ``scripts/evaluate.py`` measures them.
 
 Conventions shared by the bundled latent models (so they behave like DiT-XL/2 and SD 1.5):
 
@@ -73,23 +74,25 @@ class ModelInfo:
     name: str
     kind: str  # "bundled" or "hub"
     description: str
-    train_command: str | None = None  # bundled: command that retrains it from scratch
+    key: str | None = None  # bundled: its short name on the scripts' command lines
     stand_in: str | None = None  # hub: the bundled model that replaces it offline
+
+    @property
+    def train_command(self) -> str | None:
+        """Bundled: the command that retrains it from scratch."""
+        return f"python scripts/train.py {self.key}" if self.key else None
 
 
 REGISTRY: dict[str, ModelInfo] = {
     m.name: m
     for m in [
-        ModelInfo("mnist-dit", "bundled", "class-conditional latent DiT on MNIST (DiT-XL/2 stand-in)",
-                  "python scripts/train.py dit"),
+        ModelInfo("mnist-dit", "bundled", "class-conditional latent DiT on MNIST (DiT-XL/2 stand-in)", key="dit"),
         ModelInfo("mnist-sd", "bundled", "text-conditioned latent UNet on MNIST (Stable Diffusion 1.5 stand-in)",
-                  "python scripts/train.py sd"),
-        ModelInfo("digits8", "bundled", "8x8 pixel epsilon model on scikit-learn digits",
-                  "python scripts/train.py digits8"),
+                  key="sd"),
+        ModelInfo("digits8", "bundled", "8x8 pixel epsilon model on scikit-learn digits", key="digits8"),
         ModelInfo("mnist-vae", "bundled", "latent autoencoder 1x32x32 -> 4x8x8 shared by mnist-dit and mnist-sd",
-                  "python scripts/train.py vae"),
-        ModelInfo("mnist-classifier", "bundled", "evaluation classifier (accuracy and FID features)",
-                  "python scripts/train.py classifier"),
+                  key="vae"),
+        ModelInfo("mnist-classifier", "bundled", "evaluation classifier (accuracy and FID features)", key="classifier"),
         ModelInfo("facebook/DiT-XL-2-256", "hub", "DiT-XL/2 at 256 px on ImageNet (the paper's model)",
                   stand_in="mnist-dit"),
         ModelInfo("stable-diffusion-v1-5/stable-diffusion-v1-5", "hub", "Stable Diffusion 1.5 (the paper's text model)",
@@ -107,8 +110,8 @@ def info(name: str) -> ModelInfo:
 
 
 # ----------------------------------------------------------------------------------------------
-# Architectures (config builders). Each returns a freshly initialised model with the shipped
-# hyper-parameters; the `tiny` flag gives a smaller one for tests.
+# What loading needs of the architectures (the builders of the other bundled models live in
+# scripts/bundles.py; the 8x8 UNet's is here because the chapter "Train your own" builds it too).
 # ----------------------------------------------------------------------------------------------
 
 
@@ -141,37 +144,6 @@ class DigitClassifier(nn.Module):
         return self.head(self.dropout(self.features(x)))
 
 
-def build_classifier(tiny: bool = False) -> DigitClassifier:
-    """The evaluation classifier (shipped: width 32, 128 features)."""
-    return DigitClassifier(width=8 if tiny else 32, num_features=16 if tiny else 128)
-
-
-def build_vae(tiny: bool = False):
-    """diffusers AutoencoderKL 1x32x32 -> 4x8x8 (shipped: block_out_channels (16, 32, 32))."""
-    from diffusers import AutoencoderKL
-
-    ch = (8, 8, 8) if tiny else (16, 32, 32)
-    return AutoencoderKL(
-        in_channels=1, out_channels=1, latent_channels=4, sample_size=32,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=ch, layers_per_block=1, norm_num_groups=8, scaling_factor=1.0,
-    )
-
-
-def build_dit(tiny: bool = False):
-    """diffusers DiTTransformer2DModel on 4x8x8 latents, noise + learned variance (out_channels 8)."""
-    from diffusers import DiTTransformer2DModel
-
-    model = DiTTransformer2DModel(
-        num_attention_heads=2 if tiny else 4, attention_head_dim=8 if tiny else 32,
-        in_channels=4, out_channels=8,  # 8 = 4 noise channels + 4 variance-interpolation channels (v)
-        num_layers=1 if tiny else 6, sample_size=8, patch_size=2,
-        num_embeds_ada_norm=1000,  # labels 0..999 (we use 0..9); row 1000 = null class for CFG
-    )
-    disable_label_dropout(model)
-    return model
-
-
 def disable_label_dropout(model: nn.Module) -> nn.Module:
     """Turn off diffusers' own 10 % label dropout (it draws from the global RNG); we drop labels ourselves."""
     from diffusers.models.embeddings import LabelEmbedding
@@ -194,19 +166,7 @@ def build_digits8_unet(tiny: bool = False):
     )
 
 
-def ddpm_scheduler_config() -> dict[str, Any]:
-    """The chain of DDPM/DiT: 1000 steps, linear betas 1e-4..0.02 (Ho et al. 2020, sec. 4)."""
-    return {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
-            "clip_sample": False}
-
-
-def sd_scheduler_config() -> dict[str, Any]:
-    """The chain of Stable Diffusion 1.5: 1000 steps, scaled-linear betas 0.00085..0.012."""
-    return {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-            "beta_end": 0.012, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
-
-
-# --- text side of the SD stand-in --------------------------------------------------------------
+# --- prompts of the SD stand-in (its tokenizer is built in scripts/bundles.py) --------------------
 
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 PROMPT_TEMPLATES = [
@@ -220,57 +180,8 @@ def prompts_for(label: int) -> list[str]:
     return [t.format(word=NUMBER_WORDS[label], digit=label) for t in PROMPT_TEMPLATES]
 
 
-def build_tokenizer(max_length: int = 16):
-    """CLIPTokenizer over the tiny vocabulary of the label prompts (one token per word)."""
-    from transformers import CLIPTokenizer
-
-    words = sorted({w for c in range(10) for p in prompts_for(c) for w in p.split()})
-    chars = sorted({ch for w in words for ch in w})
-    vocab: dict[str, int] = {}
-    for tok in chars + [c + "</w>" for c in chars]:  # single characters: BPE fallback
-        vocab.setdefault(tok, len(vocab))
-    merges: list[tuple[str, str]] = []
-    for w in words:  # merge chain building each word left to right: s e -> se, se v -> sev, ...
-        parts = list(w[:-1]) + [w[-1] + "</w>"]
-        left = parts[0]
-        for right in parts[1:]:
-            if (left, right) not in merges:
-                merges.append((left, right))
-            left = left + right
-            vocab.setdefault(left, len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab.setdefault(special, len(vocab))
-    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length, pad_token="<|endoftext|>")
-    return tok
-
-
-def build_text_encoder(vocab_size: int, tiny: bool = False, max_length: int = 16):
-    """Small transformers CLIPTextModel trained from scratch (hidden 64, 2 layers)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    cfg = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=16 if tiny else 64, intermediate_size=32 if tiny else 128,
-        num_hidden_layers=1 if tiny else 2, num_attention_heads=2 if tiny else 4,
-        max_position_embeddings=max_length, projection_dim=16 if tiny else 64,
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-    )
-    return CLIPTextModel(cfg)
-
-
-def build_sd_unet(tiny: bool = False, cross_attention_dim: int = 64):
-    """diffusers UNet2DConditionModel on 4x8x8 latents with cross-attention to the text encoder."""
-    from diffusers import UNet2DConditionModel
-
-    ch = (16, 32) if tiny else (32, 64)
-    return UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=ch,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8,
-    )
-
-
 # ----------------------------------------------------------------------------------------------
-# Saving and loading bundled folders, with checksums
+# Loading bundled folders, with checksums (scripts/bundles.py writes them)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -281,22 +192,13 @@ def model_dir(name: str, root: str | os.PathLike | None = None) -> Path:
     return Path(root) if root is not None and Path(root).name == name else Path(root or DATA_ROOT) / name
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """sha256 hex digest of a file."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def write_checksums(folder: Path) -> Path:
-    """Write SHA256SUMS (sha256sum format) for every weight and config file under folder."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json", ".txt"))
-    lines = [f"{_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in files]
-    (folder / SUMS_FILE).write_text("\n".join(lines) + "\n")
-    return folder / SUMS_FILE
 
 
 def verify_checksums(folder: Path, name: str) -> None:
@@ -314,17 +216,8 @@ def verify_checksums(folder: Path, name: str) -> None:
         path = folder / rel.strip()
         if not path.is_file():
             raise CorruptWeightsError(f"model {name!r}: file {path} is missing; {fix}")
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise CorruptWeightsError(f"model {name!r}: file {path} is corrupt (sha256 mismatch); {fix}")
-
-
-def save_classifier(model: DigitClassifier, folder: Path) -> None:
-    """Save the classifier as model.safetensors + config.json."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(model.config, indent=2) + "\n")
 
 
 def _load_classifier(folder: Path) -> DigitClassifier:
@@ -394,29 +287,3 @@ def load(name: str, device: str | torch.device = "cpu", root: str | os.PathLike 
         pipe = DDPMPipeline.from_pretrained(folder, dtype=f32)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
-
-
-LATENT_STATS_FILE = "latent_stats.json"
-
-
-def load_latent_stats(root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std of the raw training latents, already folded into mnist-vae: (4,), (4,)."""
-    stats = json.loads((model_dir("mnist-vae", root) / LATENT_STATS_FILE).read_text())
-    return torch.tensor(stats["latent_mean"]), torch.tensor(stats["latent_std"])
-
-
-@torch.no_grad()
-def fold_latent_normalisation(vae, mean: torch.Tensor, std: torch.Tensor):
-    """Fold z_n = (z - m) / s into quant_conv and z = s z_n + m into post_quant_conv (exact, affine)."""
-    qc, pqc = vae.quant_conv, vae.post_quant_conv  # 1x1 convs: moments (2C) and z (C)
-    c = mean.numel()
-    # quant_conv outputs [mu (C), logvar (C)]: mu_n = (mu - m)/s, logvar_n = logvar - 2 log s
-    qc.weight[:c] /= std.view(c, 1, 1, 1)
-    qc.bias[:c] = (qc.bias[:c] - mean) / std
-    qc.bias[c:] -= 2 * torch.log(std)
-    # post_quant_conv(z) = W z + b with z = s z_n + m  ->  W' = W diag(s), b' = b + W m
-    w = pqc.weight[:, :, 0, 0]  # (C_out, C)
-    pqc.bias += w @ mean
-    pqc.weight *= std.view(1, c, 1, 1)
-    vae.register_to_config(scaling_factor=1.0)
-    return vae

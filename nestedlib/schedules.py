@@ -60,9 +60,12 @@ class Schedule:
             raise ValueError(f"timestep {t} is outside [0, {self.num_timesteps - 1}] (or -1 for the clean end)")
         return float(self.alphas_cumprod[t])
 
-    def add_noise(self, x0: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
-        """Forward process, DDPM eq. 4: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps."""
-        a = self.abar(t)
+    def add_noise(self, x0: torch.Tensor, t: int | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Forward process, DDPM eq. 4: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (t: one int, or one per sample)."""
+        if torch.is_tensor(t):  # a timestep per sample (training): abar_t shaped (N, 1, ...) to broadcast over x_0
+            a = self.alphas_cumprod.to(x0.device)[t].view(-1, *(1,) * (x0.dim() - 1))
+        else:
+            a = self.abar(t)
         return a**0.5 * x0 + (1 - a) ** 0.5 * noise
 
 

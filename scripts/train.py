@@ -6,6 +6,10 @@
     python scripts/train.py sd           # text-conditioned UNet  -> data/mnist-sd      (needs mnist-vae)
     python scripts/train.py digits8      # 8x8 pixel model        -> data/digits8
 
+A model is named by its key (above) or its registry name (`python scripts/train.py mnist-dit`); the list is
+nestedlib.models.REGISTRY. Losses and the training loop are in scripts/training.py, architectures and the writing of
+data/<name>/ in scripts/bundles.py.
+
 Options: --minutes M stops after M wall-clock minutes (a checkpoint is kept in runs/<name>/ and
 `--resume` continues it; the weights are saved to data/ only when all steps are done, or with
 --save-partial), --steps N overrides the number of steps, --seed S, --out DIR (default data/).
@@ -30,10 +34,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nestedlib import data, models  # noqa: E402
-from nestedlib import train as T  # noqa: E402
+sys.path.insert(0, str(ROOT / "scripts"))
 
-# The shipped settings of each model: TrainConfig fields plus the batch size.
+import bundles as B  # noqa: E402
+import evaluate as E  # noqa: E402
+import training as T  # noqa: E402
+from nestedlib import Schedule, data, models  # noqa: E402
+
+# The shipped settings of each model (by its registry key): TrainConfig fields plus the batch size.
 SETTINGS: dict[str, dict] = {
     "classifier": dict(steps=700, lr=1e-3, warmup=100, weight_decay=1e-4, grad_clip=1.0, batch=128, seed=0),
     "vae": dict(steps=1100, lr=1e-3, warmup=100, grad_clip=1.0, batch=64, seed=0),
@@ -41,10 +49,9 @@ SETTINGS: dict[str, dict] = {
     "sd": dict(steps=3001, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.998, batch=128, seed=0, eval_every=1000),
     "digits8": dict(steps=1500, lr=2e-3, warmup=100, grad_clip=1.0, ema_decay=0.995, batch=128, seed=0),
 }
-NAMES = {"classifier": "mnist-classifier", "vae": "mnist-vae", "dit": "mnist-dit", "sd": "mnist-sd",
-         "digits8": "digits8"}
 # sd: 3001 steps = the shipped run, stopped (runs/mnist-sd/STOP) right after its step-3000 accuracy check.
 P_DROP = 0.1  # fraction of labels / prompts replaced by the null label / empty prompt (CFG)
+TRACK_SAMPLES = 200  # samples whose class accuracy is tracked while dit and sd train
 
 
 def machine() -> str:
@@ -75,18 +82,19 @@ def encode_split(vae, x: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, 
     return torch.cat(mus), torch.cat(stds)
 
 
-def latent_batch(mu: torch.Tensor, std: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """z_0 = mu + sigma * eps for the posterior of each selected image (eps from g)."""
-    return mu[idx] + std[idx] * torch.randn(mu[idx].shape, generator=g)
+def latent_batch(mu: torch.Tensor, std: torch.Tensor, batch: int, g: torch.Generator):
+    """z_0 = mu + sigma * eps ~ q(z | x) for `batch` random training images: (z_0, their indices), all draws from g."""
+    idx = T.batches(len(mu), batch, g)
+    return mu[idx] + std[idx] * torch.randn(mu[idx].shape, generator=g), idx
 
 
 def train_classifier(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False):
     """Evaluation classifier on the MNIST training part (held-out part untouched)."""
     x, y = data.mnist("train")
-    net = models.build_classifier(tiny)
+    net = B.build_classifier(tiny)
 
     def step(model, g):
-        idx = data.batches(len(x), batch, g)
+        idx = T.batches(len(x), batch, g)
         return T.classifier_step_loss(model, x[idx], y[idx], g)
 
     return T.fit(net, step, cfg, ckpt, resume, desc="classifier")
@@ -95,47 +103,52 @@ def train_classifier(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, t
 def train_vae(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False):
     """Latent autoencoder on the MNIST training part; then folds the per-channel latent normalisation in."""
     x, _ = data.mnist("train")
-    vae = models.build_vae(tiny)
+    vae = B.build_vae(tiny)
 
     def step(model, g):
-        return T.vae_step_loss(model, x[data.batches(len(x), batch, g)], g)
+        return T.vae_step_loss(model, x[T.batches(len(x), batch, g)], g)
 
     vae, state = T.fit(vae, step, cfg, ckpt, resume, desc="vae")
     mu, _ = encode_split(vae, x)
     mean, std = mu.mean(dim=(0, 2, 3)), mu.std(dim=(0, 2, 3))  # per-channel stats of the training latents
-    models.fold_latent_normalisation(vae, mean, std)
+    B.fold_latent_normalisation(vae, mean, std)
     return (vae, (mean, std)), state
 
 
-def dit_tracker(vae, classifier, n: int = 200, steps: int = 50, guidance: float = 3.0):
-    """Callback: class accuracy of n DDIM samples of the current (EMA) DiT, read by the classifier."""
-    import evaluate as E
+def accuracy_tracker(sample, classifier, what: str):
+    """Callback of `fit`: class accuracy of TRACK_SAMPLES samples of the current (EMA) weights, read by `classifier`."""
+    labels = torch.arange(TRACK_SAMPLES) % 10
 
-    def track(model, step):
-        labels = torch.arange(n) % 10
-        g = torch.Generator().manual_seed(1234)
-        z = E.sample_dit(model, labels, steps=steps, guidance=guidance, generator=g, method="ddim")
-        acc = E.accuracy(classifier, E.decode(vae, z), labels)
-        print(f"[step {step}] DDIM-{steps} guidance {guidance}: class accuracy {acc:.3f}", flush=True)
+    def track(model, step: int) -> dict:
+        acc = E.accuracy(classifier, sample(model, labels, torch.Generator().manual_seed(1234)), labels)
+        print(f"[step {step}] {what}: class accuracy {acc:.3f}", flush=True)
         return {"track_acc": acc}
 
     return track
 
 
+def latent_training_set(vae) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of q(z | x) for the MNIST training part (normalised latents), and its labels."""
+    x, y = data.mnist("train")
+    return (*encode_split(vae, x), y)
+
+
 def train_dit(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False, vae=None,
               classifier=None):
-    """Class-conditional latent DiT with the hybrid loss on normalised 4x8x8 latents."""
-    x, y = data.mnist("train")
+    """Class-conditional latent DiT with the hybrid loss on normalised 4x8x8 latents (DiT, Peebles & Xie 2023)."""
     vae = vae or models.load("mnist-vae")
-    mu, std = encode_split(vae, x)
-    chain = T.linear_chain()
-    net = models.build_dit(tiny)
+    mu, std, y = latent_training_set(vae)
+    schedule = Schedule.linear()  # DiT's chain: B.ddpm_scheduler_config(), saved with the pipeline
+    net = B.build_dit(tiny)
 
     def step(model, g):
-        idx = data.batches(len(x), batch, g)
-        return T.dit_step_loss(model, chain, latent_batch(mu, std, idx, g), y[idx], g, models.DIT_NULL_CLASS, P_DROP)
+        z0, idx = latent_batch(mu, std, batch, g)
+        return T.dit_step_loss(model, schedule, z0, y[idx], g, models.DIT_NULL_CLASS, P_DROP)
 
-    track = dit_tracker(vae, classifier) if classifier is not None else None
+    def sample(model, labels, g):  # DDIM-50 at guidance 3 through nestedlib.pipelines.dit_model
+        return E.dit_samples(E.dit_pipeline(model, vae), labels, 50, 3.0, g, transition="ddim")
+
+    track = accuracy_tracker(sample, classifier, "DDIM-50 guidance 3") if classifier is not None else None
     return T.fit(net, step, cfg, ckpt, resume, evaluate=track, desc="dit")
 
 
@@ -159,45 +172,38 @@ def prompt_table(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_sd(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False, vae=None,
              classifier=None):
-    """Text-conditioned latent UNet + CLIP text encoder from scratch on label prompts (10 % empty prompts)."""
-    x, y = data.mnist("train")
+    """Text-conditioned latent UNet + CLIP text encoder from scratch on label prompts, 10 % empty (LDM, SD 1.5)."""
     vae = vae or models.load("mnist-vae")
-    mu, std = encode_split(vae, x)
-    chain = T.scaled_linear_chain()
-    tok = models.build_tokenizer()
+    mu, std, y = latent_training_set(vae)
+    schedule = Schedule.scaled_linear()  # SD's chain: B.sd_scheduler_config(), saved with the pipeline
+    tok = B.build_tokenizer()
     table, null_ids = prompt_table(tok)
-    text = models.build_text_encoder(len(tok), tiny, tok.model_max_length)
-    net = TextDiffusion(models.build_sd_unet(tiny, text.config.hidden_size), text)
+    text = B.build_text_encoder(len(tok), tiny, tok.model_max_length)
+    net = TextDiffusion(B.build_sd_unet(tiny, text.config.hidden_size), text)
 
     def step(model, g):
-        idx = data.batches(len(x), batch, g)
+        z0, idx = latent_batch(mu, std, batch, g)
         k = torch.randint(0, table.shape[1], (len(idx),), generator=g)  # which prompt template
-        ids = table[y[idx], k]
-        drop = torch.rand(len(idx), generator=g) < P_DROP
-        ids = torch.where(drop[:, None], null_ids[None], ids)
-        return T.text_step_loss(model.unet, model.text_encoder, chain, latent_batch(mu, std, idx, g), ids, g)
+        drop = torch.rand(len(idx), generator=g) < P_DROP  # empty prompt: the unconditional branch of CFG
+        ids = torch.where(drop[:, None], null_ids[None], table[y[idx], k])
+        return T.text_step_loss(model.unet, model.text_encoder, schedule, z0, ids, g)
 
-    track = None
-    if classifier is not None:
-        import evaluate as E
+    def sample(model, labels, g):  # DDIM-25 at guidance 4 through nestedlib.pipelines.sd_model
+        pipe = E.sd_pipeline(model.unet, model.text_encoder, tok, vae)
+        return E.sd_samples(pipe, E.sd_prompts(len(labels))[0], 25, 4.0, g)
 
-        def track(model, step_no):
-            acc = E.sd_accuracy(E.sd_pipeline(model.unet, model.text_encoder, tok, vae), classifier, n=200,
-                                steps=25, guidance=4.0, seed=1234)
-            print(f"[step {step_no}] DDIM-25 guidance 4: prompt accuracy {acc:.3f}", flush=True)
-            return {"track_acc": acc}
-
+    track = accuracy_tracker(sample, classifier, "DDIM-25 guidance 4") if classifier is not None else None
     return (*T.fit(net, step, cfg, ckpt, resume, evaluate=track, desc="sd"), tok)
 
 
 def train_digits8(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False):
     """8x8 epsilon-prediction UNet on scikit-learn digits with L_simple and linear betas."""
     x, _ = data.digits8("train")
-    chain = T.linear_chain()
+    schedule = Schedule.linear()  # DDPM's chain: B.ddpm_scheduler_config(), saved with the pipeline
     net = models.build_digits8_unet(tiny)
 
     def step(model, g):
-        return T.eps_step_loss(model, chain, x[data.batches(len(x), batch, g)], g)
+        return T.eps_step_loss(model, schedule, x[T.batches(len(x), batch, g)], g)
 
     return T.fit(net, step, cfg, ckpt, resume, desc="digits8")
 
@@ -213,39 +219,40 @@ def save(model_key: str, trained, out: Path, extra=None) -> Path:
     """Write the trained model to out/<name>/ in diffusers layout, with SHA256SUMS."""
     from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTPipeline, StableDiffusionPipeline
 
-    name = NAMES[model_key]
-    folder = out / name
+    folder = out / B.BUNDLED[model_key].name
     if folder.exists():
         for p in folder.iterdir():  # keep the model card and samples until evaluate rewrites them
             if p.suffix not in (".md", ".png"):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     if model_key == "classifier":
-        models.save_classifier(trained, folder)
+        B.save_classifier(trained, folder)
     elif model_key == "vae":
         vae, (mean, std) = trained
         vae.save_pretrained(folder)
-        (folder / models.LATENT_STATS_FILE).write_text(json.dumps(
+        (folder / B.LATENT_STATS_FILE).write_text(json.dumps(
             {"latent_mean": mean.tolist(), "latent_std": std.tolist(),
              "note": "per-channel stats of the training latents mu(x); folded into quant_conv/post_quant_conv"},
             indent=1) + "\n")
     elif model_key == "dit":
-        sched = DDIMScheduler(**models.ddpm_scheduler_config())
+        sched = DDIMScheduler(**B.ddpm_scheduler_config())
         DiTPipeline(transformer=half(trained), vae=extra, scheduler=sched).save_pretrained(folder)
     elif model_key == "sd":
         unet, text, tok, vae = half(trained.unet), half(trained.text_encoder), extra[0], extra[1]
-        sched = DDIMScheduler(**models.sd_scheduler_config())
+        sched = DDIMScheduler(**B.sd_scheduler_config())
         StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
                                 safety_checker=None, feature_extractor=None,
                                 requires_safety_checker=False).save_pretrained(folder)
     else:
-        DDPMPipeline(unet=trained, scheduler=DDPMScheduler(**models.ddpm_scheduler_config())).save_pretrained(folder)
+        DDPMPipeline(unet=trained, scheduler=DDPMScheduler(**B.ddpm_scheduler_config())).save_pretrained(folder)
     return folder
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line: train one bundled model with its shipped settings, save it with training.json and sums."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", choices=sorted(SETTINGS))
+    ap.add_argument("model", type=B.bundled, metavar="MODEL",
+                    help=f"one of {', '.join(B.BUNDLED)} (or its registry name, e.g. mnist-dit)")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this call")
     ap.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
     ap.add_argument("--steps", type=int, default=None)
@@ -258,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
 
-    key, name = args.model, NAMES[args.model]
+    key, name = args.model.key, args.model.name
     cfg, batch = config_of(key, args)
     ckpt = args.runs / name / "checkpoint.pt"
     clf = None if args.no_track or key not in ("dit", "sd") else models.load("mnist-classifier")
@@ -281,10 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{name}: {state.step}/{cfg.steps} steps, {state.wall_s / 60:.1f} training minutes "
           f"(this call {(time.time() - t0) / 60:.1f} min)", flush=True)
     if state.step < cfg.steps and not args.save_partial:
-        print(f"not finished: continue with `python scripts/train.py {key} --resume`", flush=True)
+        print(f"not finished: continue with `{args.model.train_command} --resume`", flush=True)
         return
     folder = save(key, trained, args.out, extra)
-    command = f"python scripts/train.py {key}"
+    command = args.model.train_command
     if state.step != SETTINGS[key]["steps"]:
         command += f" --steps {state.step}"
     if cfg.seed != SETTINGS[key]["seed"]:
@@ -296,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
               else "scikit-learn digits training part (all but the last 20 per class)",
               "log": state.log[-200:]}
     (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
-    models.write_checksums(folder)
+    B.write_checksums(folder)
     print(f"saved {folder}", flush=True)
 
 

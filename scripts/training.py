@@ -1,9 +1,14 @@
-"""Training of the bundled models: small pure loss functions and one generic loop.
+"""Training of the bundled models: small pure loss functions on nestedlib's Schedule, and one generic loop.
 
-Every loss takes the model, a batch and a ``torch.Generator`` (all noise, timesteps, label drops
-and augmentations are drawn from it, never from the global RNG), so that a seed fixes a run.
-The loop ``fit`` adds AdamW with linear warm-up, gradient clipping, an EMA copy of the weights,
-tqdm progress, a wall-clock budget and checkpoint/resume (the generator state is checkpointed too).
+The chain is `nestedlib.Schedule` (float32 abar_t exactly as diffusers), the posterior q(x_{t-1} | x_t, x_0) is
+`nestedlib.transitions.ddpm_posterior_coefficients` and the learned variance is
+`nestedlib.transitions.learned_range_log_variance`: the sampler uses the same three, so a model is trained on
+exactly the quantities it is sampled with.
+
+Every loss takes the model, a batch and a `torch.Generator` (all noise, timesteps, label drops and augmentations
+are drawn from it, never from the global RNG), so that a seed fixes a run. The loop `fit` adds AdamW with linear
+warm-up, gradient clipping, an EMA copy of the weights, tqdm progress, a wall-clock budget and checkpoint/resume
+(the generator state is checkpointed too).
 """
 
 from __future__ import annotations
@@ -20,67 +25,59 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import random_shift
+from nestedlib.schedules import Schedule
+from nestedlib.transitions import ddpm_posterior_coefficients, learned_range_log_variance
 
 LOG2 = math.log(2.0)
 
 
 # ----------------------------------------------------------------------------------------------
-# The forward chain q(x_t | x_0) as named tensors
+# Minibatches and augmentation
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Chain:
-    """Named tensors of a discrete diffusion chain of T steps (Ho et al. 2020, sec. 2)."""
-
-    betas: torch.Tensor  # beta_t, t = 0..T-1
-    alphas_cumprod: torch.Tensor  # alpha_bar_t = prod_{s<=t} (1 - beta_s)
-    alphas_cumprod_prev: torch.Tensor  # alpha_bar_{t-1}, with alpha_bar_{-1} = 1
-    posterior_variance: torch.Tensor  # beta~_t = beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t)
-    posterior_log_variance_clipped: torch.Tensor  # log beta~_t, with beta~_0 replaced by beta~_1
-
-    @property
-    def num_steps(self) -> int:
-        return self.betas.numel()
+def batches(n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of one random minibatch of size `batch_size` drawn without replacement from range(n)."""
+    return torch.randperm(n, generator=generator)[:batch_size]
 
 
-def make_chain(betas: torch.Tensor) -> Chain:
-    """Chain tensors from betas (Ho et al. 2020, eqs. 4, 6, 7; log-variance clipping of Nichol & Dhariwal 2021)."""
-    betas = betas.double()
-    ac = torch.cumprod(1.0 - betas, 0)  # alpha_bar_t
-    ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])  # alpha_bar_{t-1}
-    pv = betas * (1.0 - ac_prev) / (1.0 - ac)  # beta~_t (eq. 7)
-    plv = torch.log(torch.cat([pv[1:2], pv[1:]]))  # log beta~_t, beta~_0 := beta~_1 (it is 0)
-    return Chain(betas.float(), ac.float(), ac_prev.float(), pv.float(), plv.float())
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Data augmentation: translate each image by an integer offset in [-max_shift, max_shift]^2, black fill."""
+    if max_shift == 0:
+        return x
+    n, _, h, w = x.shape
+    pad = F.pad(x, (max_shift,) * 4, value=-1.0)  # background is -1 (black)
+    off = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator)
+    out = torch.empty_like(x)
+    for i in range(n):
+        dy, dx = int(off[i, 0]), int(off[i, 1])
+        out[i] = pad[i, :, dy : dy + h, dx : dx + w]
+    return out
 
 
-def linear_chain(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Chain:
-    """Linear betas 1e-4..0.02 over 1000 steps (Ho et al. 2020, sec. 4; DiT)."""
-    return make_chain(torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64))
+# ----------------------------------------------------------------------------------------------
+# The chain at per-sample timesteps
+# ----------------------------------------------------------------------------------------------
 
 
-def scaled_linear_chain(num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Chain:
-    """Scaled-linear betas 0.00085..0.012 (Stable Diffusion, Rombach et al. 2022)."""
-    return make_chain(torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64) ** 2)
-
-
-def _at(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Gather v[t] and shape it (N, 1, 1, 1) to broadcast over images."""
-    return v[t].view(-1, 1, 1, 1)
-
-
-def q_sample(chain: Chain, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (Ho et al. 2020, eq. 4)."""
-    ab = _at(chain.alphas_cumprod, t)  # alpha_bar_t
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-
-
-def draw_t_eps(chain: Chain, x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """t ~ U{0..T-1} and eps ~ N(0, I), both from generator g (Ho et al. 2020, Algorithm 1)."""
-    t = torch.randint(0, chain.num_steps, (x0.shape[0],), generator=g)
-    eps = torch.randn(x0.shape, generator=g)
+def draw_t_eps(schedule: Schedule, x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDPM Algorithm 1, line 3-4: t ~ U{0..T-1} and eps ~ N(0, I), both from generator g."""
+    t = torch.randint(0, schedule.num_timesteps, (x0.shape[0],), generator=g)
+    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
     return t, eps
+
+
+def posterior(schedule: Schedule, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """DDPM eq. 7 at per-sample timesteps t: (c0, ct, log beta_t, log beta~_t), each (N, 1, 1, 1).
+
+    mu~_t(x_t, x_0) = c0 x_0 + ct x_t. At t = 0 the step goes to the clean end (abar_{-1} = 1), where beta~_0 = 0.
+    """
+    abar = schedule.alphas_cumprod  # abar_t, t = 0..T-1
+    abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])  # abar_{t-1}, with abar_{-1} = 1
+    c0, ct, var = ddpm_posterior_coefficients(abar, abar_prev)  # weights of x_0 and x_t, beta~_t
+    log_var = torch.log(torch.cat([var[1:2], var[1:]]))  # log beta~_t, clipped as Improved DDPM: beta~_0 := beta~_1
+    log_beta = torch.log(1.0 - abar / abar_prev)  # log beta_t, computed from abar as the sampler and diffusers do
+    return tuple(v.to(t.device)[t].view(-1, 1, 1, 1) for v in (c0, ct, log_beta, log_var))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,94 +91,79 @@ def l_simple(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats."""
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) per element, in nats (the L_{t-1} terms of DDPM eq. 5)."""
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
 def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """-log N(x; mean, e^logvar) per element, in nats (continuous decoder term L_0 for latents)."""
+    """-log N(x; mean, e^logvar) per element, in nats (the decoder term L_0 of DDPM eq. 5, continuous for latents)."""
     return 0.5 * (math.log(2 * math.pi) + logvar + (x - mean) ** 2 * torch.exp(-logvar))
 
 
-def learned_range_log_variance(chain: Chain, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """log Sigma = frac log beta_t + (1 - frac) log beta~_t, frac = (v + 1) / 2 (Nichol & Dhariwal 2021, eq. 15; DiT)."""
-    frac = (v + 1) / 2
-    return frac * torch.log(_at(chain.betas, t)) + (1 - frac) * _at(chain.posterior_log_variance_clipped, t)
-
-
-def posterior_mean(chain: Chain, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Mean of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7)."""
-    b, ab, ab_prev = _at(chain.betas, t), _at(chain.alphas_cumprod, t), _at(chain.alphas_cumprod_prev, t)
-    coef_x0 = b * ab_prev.sqrt() / (1 - ab)  # beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t)
-    coef_xt = (1 - ab_prev) * (1 - b).sqrt() / (1 - ab)  # (1 - alpha_bar_{t-1}) sqrt(alpha_t) / (1 - alpha_bar_t)
-    return coef_x0 * x0 + coef_xt * xt
-
-
-def l_vlb(chain: Chain, eps_pred: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor,
+def l_vlb(schedule: Schedule, eps_pred: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor,
           t: torch.Tensor) -> torch.Tensor:
-    """Variational bound term L_t in bits/dim, mean frozen (stop-gradient on eps) (Nichol & Dhariwal 2021, sec. 3.1)."""
-    eps_sg = eps_pred.detach()  # stop-gradient: L_vlb trains the variance only
-    ab = _at(chain.alphas_cumprod, t)
-    x0_pred = (xt - (1 - ab).sqrt() * eps_sg) / ab.sqrt()  # x^_0 from eps (eq. 15 of Ho et al. 2020)
-    model_mean = posterior_mean(chain, x0_pred, xt, t)
-    model_logvar = learned_range_log_variance(chain, v, t)
-    true_mean = posterior_mean(chain, x0, xt, t)
-    true_logvar = _at(chain.posterior_log_variance_clipped, t)
-    kl = gaussian_kl(true_mean, true_logvar, model_mean, model_logvar).mean(dim=(1, 2, 3)) / LOG2  # L_{t-1}, t > 0
+    """L_vlb term L_t in bits/dim, mean frozen by a stop-gradient on eps (Nichol & Dhariwal 2021, sec. 3.1)."""
+    c0, ct, log_beta, log_var = posterior(schedule, t)
+    abar = schedule.alphas_cumprod.to(t.device)[t].view(-1, 1, 1, 1)  # abar_t
+    x0_pred = (xt - (1 - abar).sqrt() * eps_pred.detach()) / abar.sqrt()  # x̂_0 from eps (DDPM eq. 15); stop-gradient
+    model_mean = c0 * x0_pred + ct * xt  # mu_theta(x_t, t) = mu~_t(x_t, x̂_0)
+    model_logvar = learned_range_log_variance(v, log_beta, log_var)  # log Sigma_theta (Improved DDPM eq. 15)
+    true_mean = c0 * x0 + ct * xt  # mu~_t(x_t, x_0)
+    kl = gaussian_kl(true_mean, log_var, model_mean, model_logvar).mean(dim=(1, 2, 3)) / LOG2  # L_{t-1}, t > 0
     nll = gaussian_nll(x0, model_mean, model_logvar).mean(dim=(1, 2, 3)) / LOG2  # L_0 at t = 0
     return torch.where(t == 0, nll, kl).mean()
 
 
-def hybrid_loss(chain: Chain, out: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+def hybrid_loss(schedule: Schedule, out: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
                 eps: torch.Tensor, lam: float = 1e-3) -> torch.Tensor:
     """L_hybrid = L_simple + lambda L_vlb, lambda = 0.001 (Nichol & Dhariwal 2021, sec. 3.1; DiT)."""
     eps_pred, v = out.chunk(2, dim=1)  # out channels: [eps_theta (C), v (C)]
-    return l_simple(eps_pred, eps) + lam * l_vlb(chain, eps_pred, v, x0, xt, t)
+    return l_simple(eps_pred, eps) + lam * l_vlb(schedule, eps_pred, v, x0, xt, t)
 
 
 def drop_labels(labels: torch.Tensor, null_label: int, p: float, g: torch.Generator) -> torch.Tensor:
-    """Replace each label by the null label with probability p (classifier-free guidance, Ho & Salimans 2022)."""
+    """Classifier-free guidance training: each label becomes the null label with probability p (Ho & Salimans 2022)."""
     drop = torch.rand(labels.shape, generator=g) < p
     return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
 def classifier_step_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator,
                          max_shift: int = 2) -> torch.Tensor:
-    """Cross-entropy of the classifier on randomly shifted digits."""
+    """Cross-entropy -log p(y | x) of the classifier on randomly shifted digits."""
     return F.cross_entropy(model(random_shift(x, max_shift, g)), y)
 
 
 def vae_step_loss(vae: nn.Module, x: torch.Tensor, g: torch.Generator, kl_weight: float = 1e-4) -> torch.Tensor:
     """L1 reconstruction + kl_weight KL(q(z|x) || N(0, I)) (beta-VAE / LDM autoencoder, Rombach et al. 2022)."""
-    posterior = vae.encode(x).latent_dist
-    z = posterior.sample(generator=g)  # z = mu + sigma * eps, eps from g
+    posterior_z = vae.encode(x).latent_dist  # q(z | x)
+    z = posterior_z.sample(generator=g)  # z = mu + sigma * eps, eps from g
     x_rec = vae.decode(z).sample
-    kl = posterior.kl().mean() / z[0].numel()  # per latent element
+    kl = posterior_z.kl().mean() / z[0].numel()  # per latent element
     return F.l1_loss(x_rec, x) + kl_weight * kl
 
 
-def dit_step_loss(model: nn.Module, chain: Chain, z0: torch.Tensor, y: torch.Tensor, g: torch.Generator,
+def dit_step_loss(model: nn.Module, schedule: Schedule, z0: torch.Tensor, y: torch.Tensor, g: torch.Generator,
                   null_label: int, p_drop: float = 0.1, lam: float = 1e-3) -> torch.Tensor:
     """DiT training step: drop labels to null, noise latents, hybrid loss (Peebles & Xie 2023, sec. 3)."""
     y = drop_labels(y, null_label, p_drop, g)
-    t, eps = draw_t_eps(chain, z0, g)
-    zt = q_sample(chain, z0, t, eps)
+    t, eps = draw_t_eps(schedule, z0, g)
+    zt = schedule.add_noise(z0, t, eps)  # z_t (DDPM eq. 4)
     out = model(zt, timestep=t, class_labels=y).sample  # (N, 2C, h, w): eps_theta and v
-    return hybrid_loss(chain, out, z0, zt, t, eps, lam)
+    return hybrid_loss(schedule, out, z0, zt, t, eps, lam)
 
 
-def eps_step_loss(model: nn.Module, chain: Chain, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def eps_step_loss(model: nn.Module, schedule: Schedule, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Unconditional epsilon-prediction step with L_simple (Ho et al. 2020, Algorithm 1)."""
-    t, eps = draw_t_eps(chain, x0, g)
-    return l_simple(model(q_sample(chain, x0, t, eps), t).sample, eps)
+    t, eps = draw_t_eps(schedule, x0, g)
+    return l_simple(model(schedule.add_noise(x0, t, eps), t).sample, eps)
 
 
-def text_step_loss(unet: nn.Module, text_encoder: nn.Module, chain: Chain, z0: torch.Tensor, ids: torch.Tensor,
+def text_step_loss(unet: nn.Module, text_encoder: nn.Module, schedule: Schedule, z0: torch.Tensor, ids: torch.Tensor,
                    g: torch.Generator) -> torch.Tensor:
     """Text-conditioned latent diffusion step with L_simple (Rombach et al. 2022, eq. 2)."""
-    t, eps = draw_t_eps(chain, z0, g)
+    t, eps = draw_t_eps(schedule, z0, g)
     context = text_encoder(ids).last_hidden_state  # tau_theta(y): (N, L, d)
-    return l_simple(unet(q_sample(chain, z0, t, eps), t, encoder_hidden_states=context).sample, eps)
+    return l_simple(unet(schedule.add_noise(z0, t, eps), t, encoder_hidden_states=context).sample, eps)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,184 @@
+"""What each bundled model in data/ is: its architecture, its chain, its tokenizer, and how its folder is written.
+
+`nestedlib.models` loads these folders (registry, sha256 check, clear errors); this module builds and writes them,
+for `train.py` and `evaluate.py`. Each builder returns a freshly initialised model with the shipped
+hyper-parameters; `tiny=True` gives a smaller one for tests. The 8x8 UNet's builder stays in nestedlib
+(`nestedlib.models.build_digits8_unet`), because the chapter "Train your own" builds it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nestedlib import models
+
+# The bundled models by their short command-line key (`python scripts/train.py dit`): the registry is the only list.
+BUNDLED: dict[str, models.ModelInfo] = {m.key: m for m in models.REGISTRY.values() if m.kind == "bundled"}
+
+
+def bundled(key_or_name: str) -> models.ModelInfo:
+    """The bundled model named on a command line, by its key (`dit`) or its registry name (`mnist-dit`)."""
+    for m in BUNDLED.values():
+        if key_or_name in (m.key, m.name):
+            return m
+    known = ", ".join(f"{k} ({m.name})" for k, m in BUNDLED.items())
+    raise argparse.ArgumentTypeError(f"unknown bundled model {key_or_name!r}; choose one of: {known}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The chains, as diffusers scheduler configs (saved with each pipeline; nestedlib reads them back)
+# ----------------------------------------------------------------------------------------------
+
+
+def ddpm_scheduler_config() -> dict[str, Any]:
+    """The chain of DDPM/DiT: 1000 steps, linear betas 1e-4..0.02 (Ho et al. 2020, sec. 4) = `Schedule.linear()`."""
+    return {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
+            "clip_sample": False}
+
+
+def sd_scheduler_config() -> dict[str, Any]:
+    """The chain of Stable Diffusion 1.5: scaled-linear betas 0.00085..0.012 = `Schedule.scaled_linear()`."""
+    return {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+            "beta_end": 0.012, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+
+
+# ----------------------------------------------------------------------------------------------
+# Architectures
+# ----------------------------------------------------------------------------------------------
+
+
+def build_classifier(tiny: bool = False) -> models.DigitClassifier:
+    """The evaluation classifier (shipped: width 32, 128 features)."""
+    return models.DigitClassifier(width=8 if tiny else 32, num_features=16 if tiny else 128)
+
+
+def build_vae(tiny: bool = False):
+    """diffusers AutoencoderKL 1x32x32 -> 4x8x8, the encoder E and decoder D of LDM (shipped: (16, 32, 32))."""
+    from diffusers import AutoencoderKL
+
+    ch = (8, 8, 8) if tiny else (16, 32, 32)
+    return AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=4, sample_size=32,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=ch, layers_per_block=1, norm_num_groups=8, scaling_factor=1.0,
+    )
+
+
+def build_dit(tiny: bool = False):
+    """diffusers DiTTransformer2DModel on 4x8x8 latents predicting [eps_theta, v] (DiT's learn_sigma)."""
+    from diffusers import DiTTransformer2DModel
+
+    model = DiTTransformer2DModel(
+        num_attention_heads=2 if tiny else 4, attention_head_dim=8 if tiny else 32,
+        in_channels=4, out_channels=8,  # 8 = 4 noise channels + 4 variance-interpolation channels (v)
+        num_layers=1 if tiny else 6, sample_size=8, patch_size=2,
+        num_embeds_ada_norm=models.DIT_NULL_CLASS,  # labels 0..999 (we use 0..9); row 1000 = null class for CFG
+    )
+    return models.disable_label_dropout(model)
+
+
+def build_tokenizer(max_length: int = 16):
+    """CLIPTokenizer over the vocabulary of the label prompts (`models.prompts_for`), one token per word."""
+    from transformers import CLIPTokenizer
+
+    words = sorted({w for c in range(10) for p in models.prompts_for(c) for w in p.split()})
+    chars = sorted({ch for w in words for ch in w})
+    vocab: dict[str, int] = {}
+    for tok in chars + [c + "</w>" for c in chars]:  # single characters: BPE fallback
+        vocab.setdefault(tok, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for w in words:  # merge chain building each word left to right: s e -> se, se v -> sev, ...
+        parts = list(w[:-1]) + [w[-1] + "</w>"]
+        left = parts[0]
+        for right in parts[1:]:
+            if (left, right) not in merges:
+                merges.append((left, right))
+            left = left + right
+            vocab.setdefault(left, len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab.setdefault(special, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length, pad_token="<|endoftext|>")
+
+
+def build_text_encoder(vocab_size: int, tiny: bool = False, max_length: int = 16):
+    """LDM's text encoder tau_theta: a small transformers CLIPTextModel trained from scratch (hidden 64, 2 layers)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=16 if tiny else 64, intermediate_size=32 if tiny else 128,
+        num_hidden_layers=1 if tiny else 2, num_attention_heads=2 if tiny else 4,
+        max_position_embeddings=max_length, projection_dim=16 if tiny else 64,
+        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(cfg)
+
+
+def build_sd_unet(tiny: bool = False, cross_attention_dim: int = 64):
+    """diffusers UNet2DConditionModel eps_theta(z_t, t, tau_theta(y)) on 4x8x8 latents, cross-attending to the text."""
+    from diffusers import UNet2DConditionModel
+
+    ch = (16, 32) if tiny else (32, 64)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=ch,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=8,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The autoencoder's latent normalisation
+# ----------------------------------------------------------------------------------------------
+
+LATENT_STATS_FILE = "latent_stats.json"
+
+
+def load_latent_stats(root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean m and std s of the raw training latents, already folded into mnist-vae: (4,), (4,)."""
+    stats = json.loads((models.model_dir("mnist-vae", root) / LATENT_STATS_FILE).read_text())
+    return torch.tensor(stats["latent_mean"]), torch.tensor(stats["latent_std"])
+
+
+@torch.no_grad()
+def fold_latent_normalisation(vae, mean: torch.Tensor, std: torch.Tensor):
+    """Fold z_n = (z - m) / s into quant_conv and z = s z_n + m into post_quant_conv (exact, affine)."""
+    qc, pqc = vae.quant_conv, vae.post_quant_conv  # 1x1 convs: moments (2C) and z (C)
+    c = mean.numel()
+    # quant_conv outputs [mu (C), logvar (C)]: mu_n = (mu - m)/s, logvar_n = logvar - 2 log s
+    qc.weight[:c] /= std.view(c, 1, 1, 1)
+    qc.bias[:c] = (qc.bias[:c] - mean) / std
+    qc.bias[c:] -= 2 * torch.log(std)
+    # post_quant_conv(z) = W z + b with z = s z_n + m  ->  W' = W diag(s), b' = b + W m
+    w = pqc.weight[:, :, 0, 0]  # (C_out, C)
+    pqc.bias += w @ mean
+    pqc.weight *= std.view(1, c, 1, 1)
+    vae.register_to_config(scaling_factor=1.0)
+    return vae
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing a bundled folder
+# ----------------------------------------------------------------------------------------------
+
+
+def save_classifier(model: models.DigitClassifier, folder: Path) -> None:
+    """Save the classifier as model.safetensors + config.json (what `nestedlib.models.load` rebuilds it from)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(model.config, indent=2) + "\n")
+
+
+def write_checksums(folder: Path) -> Path:
+    """Write SHA256SUMS (sha256sum format, checked by `nestedlib.models.load`) for every weight and config file."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json", ".txt"))
+    lines = [f"{models.file_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in files]
+    (folder / models.SUMS_FILE).write_text("\n".join(lines) + "\n")
+    return folder / models.SUMS_FILE
