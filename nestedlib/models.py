@@ -1,20 +1,7 @@
 """Model registry: the bundled small models in ``data/`` and the real hub models they stand in for.
 
-One name picks a model; ``load(name)`` returns a diffusers object (or, for the classifier, a torch
-module) so that a chapter runs the same code on the bundled stand-in and on the real model:
-
-=========================================  ===============================  ============================
-name                                       returns                          stands in for / role
-=========================================  ===============================  ============================
-``mnist-dit``                              ``DiTPipeline``                  ``facebook/DiT-XL-2-256``
-``mnist-sd``                               ``StableDiffusionPipeline``      Stable Diffusion 1.5
-``digits8``                                ``DDPMPipeline``                 8x8 pixel teaching model
-``mnist-vae``                              ``AutoencoderKL``                the shared latent autoencoder
-``mnist-classifier``                       ``DigitClassifier``              evaluation network (accuracy, FID features)
-``facebook/DiT-XL-2-256``                  ``DiTPipeline`` (hub, online)    the paper's ImageNet model
-``stable-diffusion-v1-5/stable-diffusion-v1-5``  ``StableDiffusionPipeline`` (hub)  the paper's text model
-=========================================  ===============================  ============================
-
+One name picks a model (`REGISTRY` below lists them); ``load(name)`` returns a diffusers object (or, for the
+classifier, a torch module), so that a chapter runs the same code on the bundled stand-in and on the real model.
 Each bundled folder ``data/<name>/`` holds diffusers-style weights (safetensors + config.json),
 ``SHA256SUMS`` (checked on every load), ``MODEL_CARD.md`` and ``samples.png``. ``scripts/train.py`` builds,
 trains and writes them (architectures and writing in ``scripts/bundles.py``), ``scripts/evaluate.py`` measures them.
@@ -274,16 +261,24 @@ def load(name: str, device: str | torch.device = "cpu", root: str | os.PathLike 
         return _load_classifier(folder).to(device)
     from diffusers import AutoencoderKL, DDPMPipeline, DiTPipeline, StableDiffusionPipeline
 
+    from diffusers.utils import logging as diffusers_logging
+
     f32 = torch.float32
     if name == "mnist-vae":
         return AutoencoderKL.from_pretrained(folder, dtype=f32).to(device).eval()
-    if name == "mnist-dit":
-        pipe = DiTPipeline.from_pretrained(folder, dtype=f32)
-        disable_label_dropout(pipe.transformer)
-    elif name == "mnist-sd":
-        pipe = StableDiffusionPipeline.from_pretrained(
-            folder, dtype=f32, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    else:  # digits8
-        pipe = DDPMPipeline.from_pretrained(folder, dtype=f32)
+    bar = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()  # no "Loading pipeline components" bar for 3 small local files
+    try:
+        if name == "mnist-dit":
+            pipe = DiTPipeline.from_pretrained(folder, dtype=f32)
+            disable_label_dropout(pipe.transformer)
+        elif name == "mnist-sd":
+            pipe = StableDiffusionPipeline.from_pretrained(
+                folder, dtype=f32, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        else:  # digits8
+            pipe = DDPMPipeline.from_pretrained(folder, dtype=f32)
+    finally:
+        if bar:
+            diffusers_logging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
