@@ -221,8 +221,8 @@ class SchedulerSampler:
             x0 = predict_x0(x, out[:, : x.shape[1]], self.schedule.abar(s))  # DDPM eq. 15: the step's preview
             x = scheduler.step(out, s, x, generator=ctx.generator).prev_sample
             t_next_inner = grid[j + 1] if j + 1 < len(grid) else CLEAN
-            ctx.report(Event(ctx.depth, ctx.path + (j,), s, t_next_inner, x0, x0, x, nfe_so_far()))
-        return Estimate(x, x)
+            ctx.report(Event(ctx.depth, ctx.path + (j,), s, t_next_inner, x0, x, nfe_so_far()))
+        return Estimate(x)
 
     def __repr__(self) -> str:
         return f"SchedulerSampler({type(self.scheduler).__name__})"

@@ -102,11 +102,10 @@ def _cat(a: Any, b: Any) -> Any:
 
 @dataclass(frozen=True)
 class Event:
-    """One step of one process: the x̂_0 at t, the new state x_{t'}, and the NFEs the run has spent so far.
+    """One step of one process: the x̂_0 drawn at t, the new state x_{t'}, and the NFEs the run has spent so far.
 
-    `x0` is the step's prediction, what a preview shows: the network's mean E[x_0 | x_t] for a one-step x0-sampler
-    (what the paper plots for vanilla sampling), the inner run's final sample for Nested Diffusion. `draw` is the
-    x̂_0 ~ p(x_0 | x_t) that the transition used: the same tensor, unless the x0-sampler adds noise to its mean.
+    `x0` is what a preview of the step shows: the network's mean E[x_0 | x_t] for a one-step x0-sampler (what the
+    paper plots for vanilla sampling), the inner run's final sample for Nested Diffusion.
     """
 
     depth: int  # 0: the outermost process, 1: its inner process, ...
@@ -114,21 +113,16 @@ class Event:
     t: int
     t_next: int
     x0: torch.Tensor
-    draw: torch.Tensor
     x: torch.Tensor
     nfe: int
     image: Any = None  # decode(x0), on outer events when `run` was given a decoder
 
 
 class Estimate(NamedTuple):
-    """An x0-sampler's answer: the draw x̂_0 ~ p(x_0 | x_t) and the prediction a preview shows (often the same).
-
-    `variance`, when given, is the reverse step's own variance sigma_theta^2 (DiT's learned range): the DDPM
-    transition then adds it in place of beta~ (see `LearnedVariance`).
-    """
+    """An x0-sampler's answer: its draw x̂_0 ~ p(x_0 | x_t) and, for DiT's learned range, the reverse step's own
+    variance sigma_theta^2, which the DDPM transition then adds in place of beta~ (see `LearnedVariance`)."""
 
     draw: torch.Tensor
-    preview: torch.Tensor
     variance: torch.Tensor | None = None
 
 
@@ -192,8 +186,7 @@ class NetworkMean:
         return (x0 if self.clip is None else x0.clamp(-self.clip, self.clip)), out
 
     def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> Estimate:
-        x0 = self.mean(x, t)[0]
-        return Estimate(x0, x0)
+        return Estimate(self.mean(x, t)[0])
 
 
 class LearnedVariance(NetworkMean):
@@ -202,8 +195,8 @@ class LearnedVariance(NetworkMean):
 
     In Eq. 1's terms, where sigma_theta^2 >= beta~ this is a draw x̂_0 ~ N(mean, (sigma_theta^2 - beta~) / c0^2)
     followed by the DDPM posterior; DiT's network may also ask for less than beta~ (v < -1), which no x̂_0 draw can
-    give, so the variance is handed to the DDPM transition itself (Estimate.variance), exactly as DiT steps.
-    The preview is the mean, as for every one-step sampler.
+    give, so the variance is handed to the DDPM transition itself (Estimate.variance), exactly as DiT steps. The
+    draw is therefore the mean, and so is the preview, as for every one-step sampler.
     """
 
     def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> Estimate:
@@ -212,12 +205,12 @@ class LearnedVariance(NetworkMean):
             raise ValueError("LearnedVariance needs a network that also predicts the variance (2C output channels, "
                              "like DiT's learn_sigma=True); for an epsilon-only network use NetworkMean")
         if t_next == CLEAN:
-            return Estimate(mean, mean)  # the last step adds no noise
+            return Estimate(mean)  # the last step adds no noise
         abar_t, abar_prev = self.schedule.abar(t), self.schedule.abar(t_next)
         beta = 1.0 - abar_t / abar_prev  # the step's beta (respaced)
         var_tilde = ddpm_posterior_coefficients(abar_t, abar_prev)[2]  # beta~ of the step
         var = torch.exp(learned_range_log_variance(out[:, x.shape[1] :], math.log(beta), math.log(var_tilde)))
-        return Estimate(mean, mean, var)  # sigma_theta^2, for the DDPM transition
+        return Estimate(mean, var)  # sigma_theta^2, for the DDPM transition
 
 
 class Diffusion:
@@ -262,9 +255,9 @@ class Diffusion:
         grid = self.grid(t_start, index)
         for j, t in enumerate(grid):
             t_next = grid[j + 1] if j + 1 < len(grid) else CLEAN
-            draw, preview, variance = self.x0_sampler(x, t, t_next, ctx.child(j))  # Alg. 1: x̂_0 ~ p(x_0 | x_t)
-            x = self.transition(x, draw, t, t_next, ctx.generator, variance)  # Alg. 1: x_{t'} ~ q(x_{t'} | x̂_0, x_t)
-            event = Event(ctx.depth, ctx.path + (j,), t, t_next, preview, draw, x, nfe_so_far())
+            x0, variance = self.x0_sampler(x, t, t_next, ctx.child(j))  # Alg. 1: x̂_0 ~ p(x_0 | x_t)
+            x = self.transition(x, x0, t, t_next, ctx.generator, variance)  # Alg. 1: x_{t'} ~ q(x_{t'} | x̂_0, x_t)
+            event = Event(ctx.depth, ctx.path + (j,), t, t_next, x0, x, nfe_so_far())
             ctx.report(event)
             yield event
 
@@ -272,7 +265,7 @@ class Diffusion:
         """As an x0-sampler (Algorithm 2, line 3): a full reverse run from x_t at t; returns its x_0."""
         for event in self.iterate(x, t, ctx, index=ctx.path[-1] if ctx.path else 0):
             pass
-        return Estimate(event.x, event.x)  # the clean end: the inner process's generated x_0
+        return Estimate(event.x)  # the clean end: the inner process's generated x_0
 
     def __repr__(self) -> str:
         return f"Diffusion(x0_sampler={self.x0_sampler!r}, transition={self.transition!r}, steps={self.steps!r})"

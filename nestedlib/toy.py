@@ -140,8 +140,7 @@ class ExactPosterior:
 
     def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> Estimate:
         count_nfe()
-        draw = self.mixture.posterior_sample(x, self.schedule.abar(t), ctx.generator)
-        return Estimate(draw, draw)
+        return Estimate(self.mixture.posterior_sample(x, self.schedule.abar(t), ctx.generator))
 
 
 def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -268,8 +268,8 @@ def test_the_outer_step_is_deterministic_ddim_on_the_inner_x0(schedule):
     assert not torch.equal(runs[0].x0, runs[1].x0)  # the inner DDPM steps draw noise ...
     for event in runs[0].previews:
         a, a_next = schedule.abar(event.t), schedule.abar(event.t_next)
-        eps = (x - a**0.5 * event.draw) / (1 - a) ** 0.5
-        assert torch.allclose(event.x, a_next**0.5 * event.draw + (1 - a_next) ** 0.5 * eps, rtol=1e-12, atol=1e-12)
+        eps = (x - a**0.5 * event.x0) / (1 - a) ** 0.5
+        assert torch.allclose(event.x, a_next**0.5 * event.x0 + (1 - a_next) ** 0.5 * eps, rtol=1e-12, atol=1e-12)
         x = event.x  # ... the outer step none
 
 
