@@ -2,7 +2,8 @@
 from .schedules import CLEAN, Schedule, outer_timesteps, split_budget, timesteps
 from .transitions import DDIM, DDPM
 from .sampling import (
-    Diffusion, Estimate, Event, LearnedVariance, Network, NetworkMean, Result, StopSampling, nested, run, vanilla,
+    Diffusion, Estimate, Event, LearnedVariance, Network, NetworkMean, Result, StopSampling, nested, run,
+    sample_generators, vanilla,
 )
 
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ import torch
 from .sampling import (Context, Diffusion, Estimate, Event, Network, NetworkMean, nested, nfe_so_far, predict_x0,
                        vanilla)
 from .schedules import CLEAN, Schedule, split_budget
-from .transitions import DDIM
+from .transitions import DDIM, randn
 
 
 @dataclass
@@ -37,9 +37,9 @@ class Model:
     dtype: torch.dtype = torch.float32
     preset: str = "book"  # "paper": the authors' exact code paths (see `paper_samplers`); "book": this book's defaults
 
-    def noise(self, generator: torch.Generator) -> torch.Tensor:
-        """x_T ~ N(0, I), drawn from `generator` on its own device, then moved to the model's."""
-        return torch.randn(self.shape, generator=generator, device=generator.device, dtype=self.dtype).to(self.device)
+    def noise(self, generator: torch.Generator | list[torch.Generator]) -> torch.Tensor:
+        """x_T ~ N(0, I), drawn from `generator` (or one generator per sample) on its device, moved to the model's."""
+        return randn(torch.empty(self.shape, dtype=self.dtype, device=self.device), generator)
 
 
 def dit_model(pipe, class_labels: Sequence[int] | torch.Tensor, guidance_scale: float = 1.5, name: str = "dit",

@@ -12,6 +12,7 @@ depth of nesting works the same way. `run` drives a sampler and reports every xÌ
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -347,6 +348,13 @@ def run(process: Diffusion, x_T: torch.Tensor, *, generator: torch.Generator | N
     finally:
         _NFE.reset(token)
     return Result(previews[-1].x0, previews, counter[0], cumulative[-1], stopped, inner)
+
+
+def sample_generators(seed: int, indices: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One random stream per sample, keyed by (seed, sample index): a sample's noise then does not depend on its
+    batch, its process in a sharded sweep, or which other candidates were dropped. Pass the list as `generator`."""
+    keys = (hashlib.sha256(f"nestedlib:{seed}:{i}".encode()).digest()[:8] for i in indices)
+    return [torch.Generator(device).manual_seed(int.from_bytes(k, "little") >> 1) for k in keys]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -12,8 +12,13 @@ import torch
 from .schedules import CLEAN, Schedule
 
 
-def randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """z ~ N(0, I) shaped like x, drawn from `generator` (never the global RNG when one is given)."""
+def randn(x: torch.Tensor, generator) -> torch.Tensor:
+    """z ~ N(0, I) shaped like x, drawn from `generator` (never the global RNG when one is given), or from one
+    generator per sample (a list, see `sampling.sample_generators`): each row then depends on its own stream only."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}; give one per sample")
+        return torch.stack([randn(row, g) for row, g in zip(x, generator)])
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 

@@ -3,9 +3,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from nestedlib import DDPM, Diffusion, LearnedVariance, Network, nested, run, vanilla
+from nestedlib import DDPM, Diffusion, LearnedVariance, Network, nested, run, sample_generators, vanilla
 from nestedlib.pipelines import SchedulerSampler, inner_from_scheduler
 from nestedlib.sampling import Context
+from nestedlib.transitions import randn
 from nestedlib.toy import energy_distance
 
 
@@ -124,6 +125,20 @@ def test_same_seed_same_numbers(toy_net, schedule, make):
     b = run(make(toy_net, schedule), x_T, generator=torch.Generator().manual_seed(3)).x0
     c = run(make(toy_net, schedule), x_T, generator=torch.Generator().manual_seed(4)).x0
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_per_sample_streams_make_a_sample_independent_of_its_batch(toy_net, schedule):
+    """With one stream per sample (keyed by seed and index), a sample comes out the same, bit for bit, whatever batch
+    it runs in: what a sharded sweep and pruning candidates rely on."""
+    def sample(indices):
+        x_T = randn(torch.empty(len(indices), 2, dtype=torch.float64), sample_generators(7, indices))
+        proc = nested(vanilla(toy_net, schedule, 4, transition="ddim", eta=0.85), 5)
+        return run(proc, x_T, generator=sample_generators(7, indices)).x0
+
+    everything, some = sample(list(range(8))), sample([5, 2])
+    assert torch.equal(some, everything[[5, 2]]) and not torch.equal(everything[0], everything[1])
+    with pytest.raises(ValueError, match="one per sample"):
+        randn(torch.empty(3, 2), sample_generators(0, [0, 1]))
 
 
 def test_the_global_rng_is_never_touched(toy_net, schedule):
