@@ -96,10 +96,7 @@ def info(name: str) -> ModelInfo:
     return REGISTRY[name]
 
 
-# ----------------------------------------------------------------------------------------------
-# What loading needs of the architectures (the builders of the other bundled models live in
-# scripts/bundles.py; the 8x8 UNet's is here because the chapter "Train your own" builds it too).
-# ----------------------------------------------------------------------------------------------
+# --- Architectures that loading or a chapter needs (the other builders live in scripts/bundles.py) --------------
 
 
 class DigitClassifier(nn.Module):
@@ -167,9 +164,7 @@ def prompts_for(label: int) -> list[str]:
     return [t.format(word=NUMBER_WORDS[label], digit=label) for t in PROMPT_TEMPLATES]
 
 
-# ----------------------------------------------------------------------------------------------
-# Loading bundled folders, with checksums (scripts/bundles.py writes them)
-# ----------------------------------------------------------------------------------------------
+# --- Loading bundled folders, with checksums (scripts/bundles.py writes them) -----------------------------------
 
 
 def model_dir(name: str, root: str | os.PathLike | None = None) -> Path:

@@ -183,9 +183,7 @@ def paper_samplers(model: Model, total_nfe: int, outer: int | None = None) -> di
     return {"vanilla": vanilla(net, sched, total_nfe, **kw), "nested": nested(inner, outer, spacing=kw["spacing"])}
 
 
-# --------------------------------------------------------------------------------------------------------------
-# diffusers schedulers as inner processes (e.g. DPM-Solver++).
-# --------------------------------------------------------------------------------------------------------------
+# --- diffusers schedulers as inner processes (e.g. DPM-Solver++). -----------------------------------------------
 
 
 class SchedulerSampler:

@@ -28,9 +28,7 @@ class StopSampling(Exception):
     """Raise it from a callback (e.g. a Stop button) to end a run the way Ctrl-C does: the last outer x̂_0 is kept."""
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Counting network function evaluations (NFEs) where they happen: at the network. One counter per run.
-# --------------------------------------------------------------------------------------------------------------
+# --- Counting network function evaluations (NFEs) where they happen: at the network. One counter per run. -------
 
 _NFE: ContextVar[list[int] | None] = ContextVar("nestedlib_nfe", default=None)  # [count] of the running `run`
 
@@ -96,9 +94,7 @@ def _cat(a: Any, b: Any) -> Any:
     raise TypeError(f"cannot batch a condition of type {type(a).__name__}; use tensors or dicts of tensors")
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The contracts: events, estimates, x0-samplers and transitions.
-# --------------------------------------------------------------------------------------------------------------
+# --- The contracts: events, estimates, x0-samplers and transitions. ---------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -161,9 +157,7 @@ class Transition(Protocol):
                  generator: torch.Generator | None = None, variance: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
-# --------------------------------------------------------------------------------------------------------------
-# x0-samplers: answers to p(x_0 | x_t).
-# --------------------------------------------------------------------------------------------------------------
+# --- x0-samplers: answers to p(x_0 | x_t). ----------------------------------------------------------------------
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, abar_t: float) -> torch.Tensor:
@@ -272,9 +266,7 @@ class Diffusion:
         return f"Diffusion(x0_sampler={self.x0_sampler!r}, transition={self.transition!r}, steps={self.steps!r})"
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Running a sampler: anytime results, budgets and interruption.
-# --------------------------------------------------------------------------------------------------------------
+# --- Running a sampler: anytime results, budgets and interruption. ----------------------------------------------
 
 
 @dataclass
@@ -357,9 +349,7 @@ def sample_generators(seed: int, indices: Sequence[int], device: str | torch.dev
     return [torch.Generator(device).manual_seed(int.from_bytes(k, "little") >> 1) for k in keys]
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Builders: Algorithm 1 with the network, and Algorithm 2 around any inner process.
-# --------------------------------------------------------------------------------------------------------------
+# --- Builders: Algorithm 1 with the network, and Algorithm 2 around any inner process. --------------------------
 
 
 def vanilla(network: Callable, schedule: Schedule, steps: int | Sequence[int], *, transition: str = "ddim",
