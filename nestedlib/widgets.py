@@ -79,8 +79,26 @@ def frames_at(result: Result, nfes: Sequence[int], render: Callable[[torch.Tenso
     return frames
 
 
+def png_width(frame: bytes) -> int:
+    """The pixel width of a PNG, read from its IHDR header (bytes 16-20)."""
+    if frame[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("frames must be PNG bytes (see `png` and `figure_png`)")
+    return int.from_bytes(frame[16:20], "big")
+
+
+def shown_width(width: str, natural: int) -> str:
+    """The CSS width of a frame asked to be `width` wide: never more than its own `natural` pixels."""
+    if width.endswith("px"):  # computed here, so that the panel around the frame is no wider than the frame
+        return f"{min(float(width[:-2]), natural):g}px"
+    return f"min({width}, {natural}px)"
+
+
 def nfe_scrubber(panels: dict[str, Sequence[bytes]], nfes: Sequence[int], width: str = "260px"):
-    """A slider over NFE values and, per panel, a Stack of PNG frames whose shown index is jslinked to the slider."""
+    """A slider over NFE values and, per panel, a Stack of PNG frames whose shown index is jslinked to the slider.
+
+    Frames are shown `width` wide but never wider than their own pixels or than the page (on a phone they scale
+    down, keeping their aspect ratio); the slider shrinks with the page and the panels wrap instead of scrolling.
+    """
     import ipywidgets as W
 
     nfes = list(nfes)
@@ -88,14 +106,16 @@ def nfe_scrubber(panels: dict[str, Sequence[bytes]], nfes: Sequence[int], width:
         if len(frames) != len(nfes):
             raise ValueError(f"panel {name!r} has {len(frames)} frames for {len(nfes)} NFE values; give one per value")
     slider = W.SelectionSlider(options=nfes, value=nfes[-1], description="NFE", continuous_update=True,
-                               layout=W.Layout(width="420px"))
+                               layout=W.Layout(width="420px", max_width="100%"))
     columns = []
     for name, frames in panels.items():
-        stack = W.Stack([W.Image(value=f, format="png", layout=W.Layout(width=width)) for f in frames],
-                        selected_index=len(nfes) - 1)
+        images = [W.Image(value=f, format="png", layout=W.Layout(width=shown_width(width, png_width(f)),
+                                                                 max_width="100%", height="auto")) for f in frames]
+        stack = W.Stack(images, selected_index=len(nfes) - 1, layout=W.Layout(max_width="100%"))
         W.jslink((slider, "index"), (stack, "selected_index"))  # runs in the browser: no kernel needed
-        columns.append(W.VBox([W.HTML(f"<b>{name}</b>"), stack]))
-    return W.VBox([slider, W.HBox(columns)])
+        columns.append(W.VBox([W.HTML(f"<b>{name}</b>"), stack], layout=W.Layout(min_width="0", max_width="100%")))
+    return W.VBox([slider, W.HBox(columns, layout=W.Layout(flex_flow="row wrap", max_width="100%"))],
+                  layout=W.Layout(max_width="100%"))
 
 
 class LiveRun:
@@ -106,7 +126,7 @@ class LiveRun:
 
         self.runs, self.render, self.results = runs, render, {}
         self._stop = threading.Event()
-        self.images = {name: W.Image(format="png", layout=W.Layout(width="260px")) for name in runs}
+        self.images = {name: W.Image(format="png", layout=W.Layout(width="260px", max_width="100%", height="auto")) for name in runs}
         self.labels = {name: W.HTML(f"<b>{name}</b>: waiting") for name in runs}
         self.progress = {name: W.IntProgress(min=0, max=total_nfe, description="NFE") for name in runs}
         self.start_button, self.stop_button = W.Button(description="Start"), W.Button(description="Stop")

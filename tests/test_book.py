@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,50 @@ def test_pages_load_no_script_or_style_from_a_cdn(html):
         remote = re.findall(r'<(?:script|link)[^>]+(?:src|href)="(https?://[^"]+)"', text)
         remote = [u for u in remote if not u.startswith("https://github.com") and "colab" not in u]
         assert not remote, f"{page.relative_to(html)} loads {remote}"
+
+
+def built_pages(html: Path) -> list[Path]:
+    return sorted(p for p in html.rglob("*.html") if "_static" not in p.parts)
+
+
+def test_no_page_repeats_an_id(html):
+    for page in built_pages(html):
+        ids = Counter(re.findall(r'\sid="([^"]+)"', page.read_text()))
+        repeated = sorted(i for i, n in ids.items() if n > 1)
+        assert not repeated, f"{page.relative_to(html)} repeats the ids {repeated}"
+
+
+def test_pages_show_no_output_clutter(html):
+    """No stray reprs of paths, no diffusers loading bars (tqdm widgets space their text with U+2007)."""
+    found = []
+    for page in built_pages(html):
+        text = page.read_text().replace("\\u2007", " ").replace("\u2007", " ")
+        found += [(str(page.relative_to(html)), c) for c in ("PosixPath(", "Loading pipeline components") if c in text]
+    assert not found, found
+
+
+def test_figures_and_exercises_are_numbered_per_chapter(html):
+    """"Exercise 5.2", not "Exercise 18": the first number is the chapter's own, so no one confuses it with the paper's."""
+    numbered = 0
+    for page in built_pages(html):
+        text = page.read_text()
+        chapter = re.search(r'<h1>\s*<span class="section-number">(\d+)\.\s*</span>', text)
+        captions = re.findall(r'class="caption-number">\s*(?:Fig\.|Exercise|Lemma|Proposition)\s+([\d.]+)', text)
+        if not captions:
+            continue
+        assert chapter, f"{page.relative_to(html)} numbers {captions} but has no chapter number"
+        assert all(c.startswith(chapter[1] + ".") for c in captions), f"{page.relative_to(html)}: {captions}"
+        numbered += len(captions)
+    assert numbered >= 10
+
+
+def test_citations_and_bibliography_are_author_year(html):
+    labels = re.findall(r'<span class="label"><span class="fn-bracket">\[</span>(.*?)<span class="fn-bracket">\]',
+                        (html / "book" / "references.html").read_text())
+    assert labels and all(re.fullmatch(r"\S.*, \d{4}", label) for label in labels), labels  # "Efron, 2011"
+    cited = re.findall(r'href="references.html#[^"]+" title="[^"]*">(.*?)</a>', (html / "book" / "eq1.html").read_text())
+    cited = {re.sub(r"<[^>]+>", "", c) for c in cited}  # "Elata <em>et al.</em>, 2023"
+    assert cited and cited <= set(labels), (cited, labels)  # the text cites by the labels the bibliography shows
 
 
 def page_weights(html: Path) -> dict[str, int]:
@@ -93,7 +138,53 @@ def visible_frames(driver) -> list[str]:
     )
 
 
+def frame_widths(driver) -> list[tuple[float, int]]:
+    """(shown width, natural width) of every slider frame the reader can see now."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('.jupyter-widgets img')].filter(i => i.offsetParent !== null)"
+        ".map(i => [i.getBoundingClientRect().width, i.naturalWidth])"
+    )
+
+
 SLIDER_PAGES = ["quickstart", "algorithm2", "train_your_own"]
+PHONE = 390  # CSS pixels: the width of a common phone
+
+
+@pytest.fixture
+def phone(browser):
+    """The same browser, emulating a phone PHONE pixels wide (the page's viewport meta tag applies, as on a phone)."""
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": PHONE, "height": 844, "deviceScaleFactor": 2, "mobile": True})
+    yield browser
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def open_page(driver, page: Path) -> None:
+    """Load a page and wait until MathJax has typeset it (its width depends on the typeset equations)."""
+    driver.get(page.as_uri())
+    driver.set_script_timeout(30)
+    driver.execute_async_script(
+        "const done = arguments[arguments.length - 1], mj = window.MathJax;"
+        "(mj && mj.startup && mj.startup.promise ? mj.startup.promise : Promise.resolve()).then(() => done(true));"
+    )
+
+
+def page_width(driver) -> int:
+    return driver.execute_script("return document.documentElement.scrollWidth")
+
+
+# Elements of the NFE sliders' output areas that scroll sideways (overflow auto/scroll, content wider than the box).
+SCROLLING_IN_WIDGET_AREA = """
+const areas = new Set([...document.querySelectorAll('.widget-slider')].map(w => w.closest('.cell_output') || w));
+const found = [];
+for (const area of areas) for (const e of [area, ...area.querySelectorAll('*')]) {
+  const overflow = getComputedStyle(e).overflowX;
+  if (e.scrollWidth > e.clientWidth && (overflow === 'auto' || overflow === 'scroll')) {
+    found.push(`${e.tagName.toLowerCase()}.${e.className}: ${e.scrollWidth} > ${e.clientWidth}`);
+  }
+}
+return found;
+"""
 
 
 @pytest.mark.parametrize("chapter", SLIDER_PAGES)
@@ -114,6 +205,7 @@ def test_nfe_slider_scrubs_frames_offline(html, browser, chapter):
     WebDriverWait(browser, 10).until(lambda d: visible_frames(d) != before)
     after = visible_frames(browser)
     assert len(after) == len(before) and after != before
+    assert all(shown <= natural for shown, natural in frame_widths(browser)), frame_widths(browser)  # never stretched
     assert not console_errors(browser)
 
 
@@ -123,3 +215,36 @@ def test_equations_render_offline(html, browser):
     browser.get((html / "book" / "intro.html").as_uri())
     WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.querySelectorAll('mjx-container').length") > 0)
     assert not console_errors(browser)
+
+
+def test_every_page_fits_a_phone_and_logs_no_error(html, phone):
+    """No page (eq1's long inline formulas and code included) is wider than a 390 px phone; no console errors."""
+    too_wide, errors = {}, {}
+    for page in built_pages(html):
+        open_page(phone, page)
+        name = str(page.relative_to(html))
+        if page_width(phone) > PHONE:
+            too_wide[name] = page_width(phone)
+        logged = console_errors(phone)
+        if logged:
+            errors[name] = logged
+    assert "book/eq1.html" in {str(p.relative_to(html)) for p in built_pages(html)}
+    assert not too_wide, f"pages wider than the {PHONE} px window: {too_wide}"
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("chapter", SLIDER_PAGES)
+def test_slider_pages_read_well_on_a_phone(html, phone, chapter):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    open_page(phone, html / "notebooks" / f"{chapter}.html")
+    WebDriverWait(phone, 30).until(lambda d: len(visible_frames(d)) >= 2 and all(n > 0 for _, n in frame_widths(d)))
+    readout = phone.find_element(By.CSS_SELECTOR, ".widget-readout")
+    phone.execute_script("arguments[0].scrollIntoView({block: 'center'})", readout)
+    left, right = phone.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.left, r.right]", readout)
+    assert readout.text.strip() and 0 <= left < right <= PHONE, f"the NFE readout spans {left}..{right} px"
+    assert page_width(phone) <= PHONE
+    assert not phone.execute_script(SCROLLING_IN_WIDGET_AREA)  # frames scale down and panels wrap instead
+    assert all(shown <= natural for shown, natural in frame_widths(phone)), frame_widths(phone)
+    assert not console_errors(phone)

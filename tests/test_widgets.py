@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from nestedlib import nested, run, vanilla
-from nestedlib.widgets import LiveRun, frames_at, image_grid, nfe_scrubber, png
+from nestedlib.widgets import LiveRun, frames_at, image_grid, nfe_scrubber, png, png_width, shown_width
 
 
 def test_frames_are_the_previews_held_at_each_nfe(toy_net, schedule):
@@ -26,6 +26,24 @@ def test_scrubber_links_slider_and_stacks_in_the_browser():
     # the slider-to-stack links run in the browser (jslink): tests/test_book.py moves the slider in Chromium
     with pytest.raises(ValueError, match="one per value"):
         nfe_scrubber({"a": frames[:2]}, [10, 20, 30])
+
+
+def test_scrubber_fits_narrow_screens_and_never_stretches_frames():
+    frames = [png(image_grid(torch.zeros(4, 1, 8, 8), scale=s)) for s in (2, 2, 3)]  # 38, 38 and 57 px wide
+    assert [png_width(f) for f in frames] == [38, 38, 57]
+    box = nfe_scrubber({"a": frames, "b": frames}, [10, 20, 30], width="260px")
+    slider, panels = box.children
+    assert slider.layout.max_width == "100%"  # the slider (and its NFE readout) shrinks with the page
+    assert panels.layout.flex_flow == "row wrap"  # panels wrap on a phone instead of scrolling sideways
+    images = panels.children[0].children[1].children
+    # shown `width` wide, but never wider than the frame's own pixels or than the page; the height follows
+    assert [i.layout.width for i in images] == ["38px", "38px", "57px"]
+    assert all(i.layout.max_width == "100%" and i.layout.height == "auto" for i in images)
+    narrow = nfe_scrubber({"a": frames}, [10, 20, 30], width="50px").children[1].children[0].children[1].children
+    assert [i.layout.width for i in narrow] == ["38px", "38px", "50px"]
+    assert shown_width("20em", 57) == "min(20em, 57px)"
+    with pytest.raises(ValueError, match="PNG"):
+        nfe_scrubber({"a": [b"not a png"] * 3}, [10, 20, 30])
 
 
 def test_image_grid_layout():

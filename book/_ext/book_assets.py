@@ -1,11 +1,24 @@
-"""Sphinx extension for the book's pages: small fixes that keep the browser console clean.
+"""Sphinx extension for the book's pages: small fixes that keep the browser console clean and the HTML valid.
 
 - Drops repeated inline <script> bodies: with Jupyter Book 1.0.4, sphinx-thebe and sphinx-togglebutton each add
   their inline configuration twice, and the second `const THEBE_JS_URL = ...` is a SyntaxError on every page.
 - Adds a MathJax 2 -> 3 shim for ipywidgets' HTML manager, which typesets widget labels with MathJax.Hub.Queue.
 - Sets the theme's default colour mode, so that a first visit (empty localStorage) logs no error.
+- Makes element ids unique: sphinx-exercise and sphinx-proof give every exercise, solution and proof the same id.
+- Registers the pybtex style `author_year`, whose bibliography labels read as the text cites ("Efron, 2011").
+- Adds book.css: on a phone, long inline math and code wrap instead of widening the page.
 """
+from collections import Counter
 from pathlib import Path
+
+from docutils import nodes
+from pybtex.plugin import register_plugin
+from pybtex.richtext import Text
+from pybtex.style.formatting.unsrt import Style as UnsrtStyle
+from pybtex.style.labels import BaseLabelStyle
+
+# ids that sphinx-exercise / sphinx-proof put on every directive of a kind, whatever its label
+REPEATED_IDS = {"exercise-content", "solution-content", "proof-content", "proof"}
 
 
 def _dedupe(app, pagename, templatename, context, doctree):
@@ -22,6 +35,39 @@ def _dedupe(app, pagename, templatename, context, doctree):
     scripts[:] = kept
 
 
+def _unique_ids(app, doctree, docname):
+    """Number the ids sphinx-exercise and sphinx-proof repeat: `solution-content` -> `solution-content-1`, ..."""
+    counts: Counter = Counter()
+    for node in doctree.findall(nodes.Element):
+        for i, id_ in enumerate(node["ids"]):
+            if id_ in REPEATED_IDS:
+                counts[id_] += 1
+                node["ids"][i] = f"{id_}-{counts[id_]}"
+
+
+class AuthorYearLabels(BaseLabelStyle):
+    """Bibliography labels as sphinxcontrib-bibtex's author_year style cites in the text: "Efron, 2011",
+    "Ho and Salimans, 2021", "Elata et al., 2023"."""
+
+    def format_labels(self, sorted_entries):
+        for entry in sorted_entries:
+            people = entry.persons.get("author") or entry.persons.get("editor") or []
+            last = [Text.from_latex(" ".join(p.prelast_names + p.last_names)).render_as("text") for p in people]
+            names = last[0] if len(last) == 1 else " and ".join(last) if len(last) == 2 else f"{last[0]} et al."
+            yield f"{names}, {entry.fields.get('year', 'n.d.')}"
+
+
+class AuthorYearStyle(UnsrtStyle):
+    """pybtex's unsrt entries, sorted by author and year, labelled by `AuthorYearLabels`."""
+
+    default_label_style = "author_year"
+    default_sorting_style = "author_year_title"
+
+
+register_plugin("pybtex.style.labels", "author_year", AuthorYearLabels)
+register_plugin("pybtex.style.formatting", "author_year", AuthorYearStyle)
+
+
 def _static(app, config):
     config.html_static_path.append(str(Path(__file__).parent / "static"))
     config.html_context.setdefault("default_mode", "light")
@@ -30,5 +76,7 @@ def _static(app, config):
 def setup(app):
     app.connect("config-inited", _static)
     app.connect("html-page-context", _dedupe, priority=900)
+    app.connect("doctree-resolved", _unique_ids)
     app.add_js_file("mathjax-v2-shim.js", priority=900, defer="defer")  # after MathJax (priority 500 by default)
+    app.add_css_file("book.css", priority=900)  # after the theme's and the extensions' stylesheets
     return {"parallel_read_safe": True, "parallel_write_safe": True}
