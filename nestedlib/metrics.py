@@ -96,5 +96,3 @@ def real_floor(classifier: nn.Module, n: int = 1000, seed: int = 0) -> dict[str,
     k_mean, k_std = kid(classifier, b, a, seed=seed)
     return {"fid": fid(classifier, b, a), "kid": k_mean, "kid_std": k_std, "n": n}
 
-
-# energy_distance(a, b) lives below (written with the sampler core).
