@@ -58,11 +58,15 @@ def _feed(metric, real: torch.Tensor, fake: torch.Tensor, batch: int = 500):
     return metric
 
 
+# fid and kid measure the sets they are given, in this process: sync_on_compute=False stops torchmetrics from
+# gathering state from every process of a torch.distributed job at compute(), which hangs when only rank 0 computes.
+
+
 def fid(classifier: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> float:
     """Frechet distance ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)) in classifier features (Heusel et al. 2017)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier))
+    metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), sync_on_compute=False)
     return float(_feed(metric, real, fake).compute())
 
 
@@ -75,7 +79,7 @@ def kid(classifier: nn.Module, real: torch.Tensor, fake: torch.Tensor, subsets: 
     from torchmetrics.image.kid import KernelInceptionDistance
 
     metric = KernelInceptionDistance(feature=ClassifierFeatures(classifier, KID_FEATURE_SCALE), subsets=subsets,
-                                     subset_size=min(subset_size, len(real), len(fake)))
+                                     subset_size=min(subset_size, len(real), len(fake)), sync_on_compute=False)
     _feed(metric, real, fake)
     state = torch.random.get_rng_state()  # torchmetrics draws its subsets from the global RNG:
     torch.manual_seed(seed)  # fix it for this call and restore it afterwards

