@@ -16,15 +16,15 @@ SMALL = {
     "eq1_check": dict(n_samples=6000, n_energy=3000),
     "algorithm1": dict(n_samples=1500, steps=20, step_counts=[1, 2, 50]),
     "train_your_own": dict(steps=150, n_samples=16, total_nfe=20),
-    "algorithm2": dict(labels=list(range(10)), total_nfe=50, n_points=1000, outer_counts=[1, 5, 50]),
+    "algorithm2": dict(labels=list(range(10)) * 3, total_nfe=50, n_points=1000, outer_counts=[1, 5, 50]),
 }
 
 
-def execute(name: str, tmp_path: Path) -> dict:
+def execute(name: str, tmp_path: Path, **overrides) -> dict:
     out_dir = tmp_path / name
     papermill.execute_notebook(
         str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
-        parameters={**SMALL.get(name, {}), "out_dir": str(out_dir)}, cwd=str(ROOT), kernel_name="python3",
+        parameters={**SMALL.get(name, {}), **overrides, "out_dir": str(out_dir)}, cwd=str(ROOT), kernel_name="python3",
         progress_bar=False,
     )
     path = out_dir / "results.json"
@@ -138,16 +138,19 @@ def test_train_your_own_runs(tmp_path):
     assert set(leg["nested"]) == set(leg["vanilla"]) == {"4", "8", "12", "16", "20"}
 
 
-def test_algorithm2_claims(tmp_path):
-    r = execute("algorithm2", tmp_path)["results"]
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_algorithm2_claims(tmp_path, seed):
+    """30 images (3 per class) per seed: a binomial accuracy near 0.7 then has sd 0.08, so the 0.15 gap asserted
+    below is about two of them; measured over seeds 0-2 at 50 NFEs: vanilla 0.57-0.73 at 20 %, nested 1.0."""
+    r = execute("algorithm2", tmp_path, seed=seed)["results"]
     assert r["inline_equals_nestedlib"]  # Algorithm 2 written inline is nestedlib.nested, every preview bit for bit
     assert r["preview_nfes"]["nested"] == [10, 20, 30, 40, 50]  # a finished image every 50 / 5 NFEs
     assert r["preview_nfes"]["vanilla"] == list(range(1, 51)) and r["nfe"] == {"vanilla": 50, "nested": 50}
     acc = r["class_accuracy"]  # the bundled classifier, at every tenth of the budget (None: no preview yet)
     assert acc["nested"]["5"] is None and acc["vanilla"]["5"] < 0.8  # vanilla's first previews: decoded fragments
-    assert acc["nested"]["10"] >= 0.8 and acc["nested"]["50"] >= 0.8  # anytime: the first preview is a real digit
-    assert acc["vanilla"]["10"] <= acc["nested"]["10"] - 0.2  # ... while vanilla's is still broken at that NFE
-    assert acc["vanilla"]["50"] >= 0.8  # the final samples of both are digits
+    assert acc["nested"]["10"] >= 0.9 and acc["nested"]["50"] >= 0.9  # anytime: the first preview is a real digit
+    assert acc["vanilla"]["10"] <= acc["nested"]["10"] - 0.15  # ... while vanilla's is still often broken there
+    assert acc["vanilla"]["50"] >= 0.9  # the final samples of both are digits
     trade = {row["outer"]: row for row in r["toy_tradeoff"]}
     assert all(row["r_nd"] == row["outer"] / row["inner"] for row in trade.values())  # R_ND = |outer| / |inner|
     assert trade[1]["at_20_percent"] is None  # one outer step: nothing to show before the end
