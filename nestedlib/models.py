@@ -5,16 +5,6 @@ classifier, a torch module), so that a chapter runs the same code on the bundled
 Each bundled folder ``data/<name>/`` holds diffusers-style weights (safetensors + config.json),
 ``SHA256SUMS`` (checked on every load), ``MODEL_CARD.md`` and ``samples.png``. ``scripts/train.py`` builds,
 trains and writes them (architectures and writing in ``scripts/bundles.py``), ``scripts/evaluate.py`` measures them.
-
-Conventions shared by the bundled latent models (so they behave like DiT-XL/2 and SD 1.5):
-
-* The autoencoder's latents are *normalised per channel* with the training split's mean and std.
-  The normalisation is folded into the autoencoder's 1x1 ``quant_conv``/``post_quant_conv``, so
-  ``vae.encode`` already returns normalised latents and ``scaling_factor`` is 1; the statistics
-  are kept in ``data/mnist-vae/latent_stats.json`` for the record (diffusers warns about unknown
-  keys in config.json, hence a file of their own).
-* The DiT has ``num_embeds_ada_norm=1000`` so that its null class is 1000, the value diffusers'
-  ``DiTPipeline`` hard-codes for classifier-free guidance; only labels 0..9 and 1000 are trained.
 """
 
 from __future__ import annotations
@@ -31,8 +21,6 @@ from torch import nn
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / "data"
 SUMS_FILE = "SHA256SUMS"
-DIT_NULL_CLASS = 1000  # null label of DiTPipeline's guidance (hard-coded there)
-SD_NULL_PROMPT = ""  # empty prompt = unconditional branch of guidance
 
 
 class ModelError(RuntimeError):

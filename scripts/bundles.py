@@ -4,6 +4,16 @@
 for `train.py` and `evaluate.py`. Each builder returns a freshly initialised model with the shipped
 hyper-parameters; `tiny=True` gives a smaller one for tests. The 8x8 UNet's builder stays in nestedlib
 (`nestedlib.models.build_digits8_unet`), because the chapter "Train your own" builds it too.
+
+Conventions shared by the bundled latent models (so they behave like DiT-XL/2 and SD 1.5):
+
+* The autoencoder's latents are *normalised per channel* with the training split's mean and std.
+  The normalisation is folded into the autoencoder's 1x1 ``quant_conv``/``post_quant_conv``, so
+  ``vae.encode`` already returns normalised latents and ``scaling_factor`` is 1; the statistics
+  are kept in ``data/mnist-vae/latent_stats.json`` for the record (diffusers warns about unknown
+  keys in config.json, hence a file of their own).
+* The DiT has ``num_embeds_ada_norm=1000`` so that its null class is 1000, the value diffusers'
+  ``DiTPipeline`` hard-codes for classifier-free guidance; only labels 0..9 and 1000 are trained.
 """
 
 from __future__ import annotations
@@ -17,6 +27,9 @@ from typing import Any
 import torch
 
 from nestedlib import models
+
+DIT_NULL_CLASS = 1000  # null label of DiTPipeline's guidance (hard-coded there)
+SD_NULL_PROMPT = ""  # empty prompt = unconditional branch of guidance
 
 # The bundled models by their short command-line key (`python scripts/train.py dit`): the registry is the only list.
 BUNDLED: dict[str, models.ModelInfo] = {m.key: m for m in models.REGISTRY.values() if m.kind == "bundled"}
@@ -78,7 +91,7 @@ def build_dit(tiny: bool = False):
         num_attention_heads=2 if tiny else 4, attention_head_dim=8 if tiny else 32,
         in_channels=4, out_channels=8,  # 8 = 4 noise channels + 4 variance-interpolation channels (v)
         num_layers=1 if tiny else 6, sample_size=8, patch_size=2,
-        num_embeds_ada_norm=models.DIT_NULL_CLASS,  # labels 0..999 (we use 0..9); row 1000 = null class for CFG
+        num_embeds_ada_norm=DIT_NULL_CLASS,  # labels 0..999 (we use 0..9); row 1000 = null class for CFG
     )
     return models.disable_label_dropout(model)
 

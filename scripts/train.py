@@ -143,7 +143,7 @@ def train_dit(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bo
 
     def step(model, g):
         z0, idx = latent_batch(mu, std, batch, g)
-        return T.dit_step_loss(model, schedule, z0, y[idx], g, models.DIT_NULL_CLASS, P_DROP)
+        return T.dit_step_loss(model, schedule, z0, y[idx], g, B.DIT_NULL_CLASS, P_DROP)
 
     def sample(model, labels, g):  # DDIM-50 at guidance 3 through nestedlib.pipelines.dit_model
         return E.dit_samples(E.dit_pipeline(model, vae), labels, 50, 3.0, g, transition="ddim")
@@ -167,7 +167,7 @@ def prompt_table(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
                          return_tensors="pt").input_ids[0]
 
     table = torch.stack([torch.stack([ids(p) for p in models.prompts_for(c)]) for c in range(10)])
-    return table, ids(models.SD_NULL_PROMPT)
+    return table, ids(B.SD_NULL_PROMPT)
 
 
 def train_sd(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False, vae=None,

@@ -184,7 +184,7 @@ def test_dit_builder_disables_diffusers_label_dropout():
     dit = B.build_dit(tiny=True).train()
     embs = [m for m in dit.modules() if isinstance(m, LabelEmbedding)]
     assert embs and all(m.dropout_prob == 0.0 for m in embs)
-    assert embs[0].embedding_table.num_embeddings == models.DIT_NULL_CLASS + 1  # null row exists
+    assert embs[0].embedding_table.num_embeddings == B.DIT_NULL_CLASS + 1  # null row exists
 
 
 def test_tokenizer_reads_every_prompt_word_as_one_known_token():
