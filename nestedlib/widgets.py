@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .sampling import Event, Result, StopSampling, run
+from .sampling import Event, Result, StopSampling
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from nestedlib import DDPM, Diffusion, LearnedVariance, Network, nested, run, sample_generators, vanilla
+from nestedlib import DDPM, LearnedVariance, Network, nested, run, sample_generators, vanilla
 from nestedlib.pipelines import SchedulerSampler, inner_from_scheduler
 from nestedlib.sampling import Context
 from nestedlib.transitions import randn
