@@ -54,8 +54,10 @@ def dit_model(pipe, class_labels: Sequence[int] | torch.Tensor, guidance_scale: 
     device, dtype = transformer.device, transformer.dtype
     labels = torch.as_tensor(class_labels, dtype=torch.long, device=device).reshape(-1)
     null_class = int(transformer.config.num_embeds_ada_norm)  # DiTPipeline's null label (1000 for DiT-XL/2)
-    if labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= null_class:
-        raise ValueError(f"class labels must lie in [0, {null_class - 1}] (one per sample), got {labels.tolist()}")
+    top = null_class if guidance_scale == 1.0 else null_class - 1  # the null class: unconditional, unguided only
+    if labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) > top:
+        raise ValueError(f"class labels must lie in [0, {null_class - 1}] (one per sample; the null class "
+                         f"{null_class} samples unconditionally, with guidance_scale=1), got {labels.tolist()}")
 
     def fn(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return transformer(x.to(dtype), timestep=t, class_labels=cond).sample.to(x.dtype)

@@ -33,7 +33,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,18 +185,12 @@ class Sampler:
         self.guidance = args.guidance if args.guidance is not None else GUIDANCE.get(args.model, 1.5)
 
     def model(self, indices: range):
-        import torch
-
-        from nestedlib import Network
         from nestedlib.pipelines import dit_model
 
         if not self.args.unconditional:
             return dit_model(self.pipe, labels_of(indices), self.guidance, self.args.model, self.args.preset)
-        # dit_model accepts only labels in [0, null): build it, then condition its network on the null class
-        model = dit_model(self.pipe, [0] * len(indices), 1.0, self.args.model, self.args.preset)
-        null = int(self.pipe.transformer.config.num_embeds_ada_norm)
-        return replace(model, network=Network(model.network.fn, cond=torch.full((len(indices),), null,
-                                                                                  device=model.device)))
+        null = int(self.pipe.transformer.config.num_embeds_ada_norm)  # the null class, unguided: unconditional
+        return dit_model(self.pipe, [null] * len(indices), 1.0, self.args.model, self.args.preset)
 
 
 def sample_cell(sampler: Sampler, budget: int, seed: int, mine: list[range], args, bar, clock: dict) -> dict:

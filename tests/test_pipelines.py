@@ -109,6 +109,7 @@ def test_pixel_pipeline(dit_pipe):
 def test_bad_conditions_are_refused(dit_pipe, sd_pipe):
     with pytest.raises(ValueError, match=r"class labels must lie in \[0, 999\]"):
         dit_model(dit_pipe, [3, 1000])
+    assert dit_model(dit_pipe, [1000, 1000], guidance_scale=1.0).network.cond.tolist() == [1000, 1000]  # unconditional
     with pytest.raises(ValueError, match="at least one prompt"):
         sd_model(sd_pipe, [])
     model = dit_model(dit_pipe, [1, 2])
