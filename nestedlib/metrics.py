@@ -5,10 +5,10 @@
   2018), computed by torchmetrics with the classifier's 128-d penultimate layer in place of Inception
   (``feature=ClassifierFeatures(...)``): Inception cannot run offline here; online GPU users can pass
   ``feature=2048`` to torchmetrics themselves.
-* ``real_floor``: the same distance between two real sets (training part vs held-out part, same size):
+* ``real_floor``: the same distance between two real sets (training part vs held-out part, sizes as compared):
   the value a perfect generator would get, printed beside every FID.
 
-Images are float tensors (N, 1, 32, 32) in [-1, 1] (uint8 0..255 is accepted too).
+Images are float tensors (N, 1, 32, 32) in [-1, 1] (uint8 0..255 is accepted too), on the classifier's device.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ class ClassifierFeatures(nn.Module):
         super().__init__()
         self.classifier = classifier.eval()
         self.scale = scale  # features are multiplied by it
-        self.num_features = int(classifier.head.in_features)  # read by torchmetrics instead of a dummy pass
+        # read by torchmetrics instead of a dummy pass; a judge other than the classifier names its own
+        self.num_features = int(getattr(classifier, "num_features", None) or classifier.head.in_features)
 
     @torch.no_grad()
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,8 @@ def class_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Te
 
 
 def _feed(metric, real: torch.Tensor, fake: torch.Tensor, batch: int = 500):
-    """Feed real and generated images to a torchmetrics distance in batches."""
+    """Feed real and generated images to a torchmetrics distance in batches, on the images' device."""
+    metric.to(real.device)
     for i in range(0, len(real), batch):
         metric.update(real[i : i + batch], real=True)
     for i in range(0, len(fake), batch):
@@ -90,13 +92,19 @@ def kid(classifier: nn.Module, real: torch.Tensor, fake: torch.Tensor, subsets: 
     return float(mean), float(std)
 
 
-def real_floor(classifier: nn.Module, n: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Real-vs-real floor: FID/KID of n training digits (seeded draw) vs n held-out digits."""
-    x_train, _ = data.mnist("train")
-    x_held, _ = data.mnist("heldout")
-    g = torch.Generator().manual_seed(seed)
-    a = x_train[torch.randperm(len(x_train), generator=g)[:n]]
-    b = x_held[torch.randperm(len(x_held), generator=g)[:n]]
-    k_mean, k_std = kid(classifier, b, a, seed=seed)
-    return {"fid": fid(classifier, b, a), "kid": k_mean, "kid_std": k_std, "n": n}
+def real_floor(classifier: nn.Module, n: int = 1000, seed: int = 0, n_real: int | None = None) -> dict[str, float]:
+    """Real-vs-real floor: FID/KID of n training digits (seeded draw) vs n_real held-out digits (default n).
 
+    Give n_real the size of the reference set that the generated digits were compared with (all 1,000 held-out
+    digits in the sweep): FID's small-sample bias depends on both set sizes, so the floor must match both."""
+    n_real = n if n_real is None else n_real
+    device = next(classifier.parameters()).device  # the digits go where the classifier is
+    x_train, x_held = data.mnist("train")[0].to(device), data.mnist("heldout")[0].to(device)
+    if not (2 <= n <= len(x_train) and 2 <= n_real <= len(x_held)):
+        raise ValueError(f"real_floor compares n = {n} of the {len(x_train)} training digits with n_real = {n_real} "
+                         f"of the {len(x_held)} held-out digits; pick sizes within those (at least 2)")
+    g = torch.Generator().manual_seed(seed)
+    a = x_train[torch.randperm(len(x_train), generator=g)[:n].to(device)]
+    b = x_held[torch.randperm(len(x_held), generator=g)[:n_real].to(device)]
+    k_mean, k_std = kid(classifier, b, a, seed=seed)
+    return {"fid": fid(classifier, b, a), "kid": k_mean, "kid_std": k_std, "n": n, "n_real": n_real}

@@ -18,7 +18,8 @@ def randn(x: torch.Tensor, generator) -> torch.Tensor:
     if isinstance(generator, (list, tuple)):
         if len(generator) != x.shape[0]:
             raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}; give one per sample")
-        return torch.stack([randn(row, g) for row, g in zip(x, generator)])
+        rows = [torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=g.device) for g in generator]
+        return torch.stack(rows).to(x.device)  # one copy to x's device (CPU streams feeding a GPU run)
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 

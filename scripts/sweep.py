@@ -22,7 +22,7 @@ FID). torchrun runs 1 thread per process; on a shared CPU that is also far faste
 whose OpenMP threads wait for each other whenever another user holds a core.
 
 Metrics (`nestedlib.metrics`, in the bundled classifier's feature space) compare the n samples of a cell with the
-1,000 held-out MNIST digits; the real-vs-real floor of the same n is written beside them.
+1,000 held-out MNIST digits; the real-vs-real floor (n training digits against the same 1,000 held-out ones) is written beside them.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ PAPER_BUDGETS = [100, 150, 250]
 PAPER_PERCENTS = [20, 40, 60, 80, 100]
 SAMPLERS = ("vanilla", "nested")
 NUM_CLASSES = 10  # the bundled DiT's digits; sample i asks for digit i % 10, as balanced as the held-out set
-SUPPORTED = ("mnist-dit",)  # the metrics read digits through mnist-classifier
+SUPPORTED = ("mnist-dit",)
+JUDGES = ("classifier", "logits", "pixels")  # feature spaces of FID/KID: see judges_of  # the metrics read digits through mnist-classifier
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -69,7 +70,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--outer", type=int, default=5, help="outer steps of Nested Diffusion (default 5, the paper's)")
     ap.add_argument("--batch", type=int, default=50,
                     help="samples per micro-batch (default 50); part of the result's definition, like the seed")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
+    ap.add_argument("--judges", nargs="+", default=["classifier"], choices=tuple(JUDGES),
+                    help="feature spaces of FID/KID (default classifier): fid and kid are always the classifier's; "
+                         "each other judge adds fid_<judge> and kid_<judge> to the rows")
+    ap.add_argument("--device", default="auto",
+                    help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK, or all ranks on one GPU when there are "
+                         "more ranks than GPUs)")
     ap.add_argument("--out", default="runs/sweep", help="folder of results.json (default runs/sweep)")
     return ap
 
@@ -102,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--n must be at least 2 samples per cell (FID needs a covariance), got {args.n}")
     if args.batch < 1:
         ap.error(f"--batch must be a positive number of samples, got {args.batch}")
-    for name in ("budgets", "percents", "seeds"):
+    for name in ("budgets", "percents", "seeds", "judges"):
         values = getattr(args, name)
         if len(set(values)) != len(values):
             ap.error(f"--{name} lists a value twice: {values}")
@@ -133,12 +139,15 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = pick_device(device)
+        shared = False  # several ranks on one GPU: they feed it in parallel (sampling is partly CPU-bound)
         if self.device.type == "cuda" and "LOCAL_RANK" in os.environ:
-            self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            gpus = torch.cuda.device_count()
+            shared = self.world > gpus
+            self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % gpus)
             torch.cuda.set_device(self.device)
         self.on = "WORLD_SIZE" in os.environ and self.world > 1
-        if self.on and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.on and not dist.is_initialized():  # NCCL needs one GPU per rank; gloo gathers through the CPU
+            dist.init_process_group("nccl" if self.device.type == "cuda" and not shared else "gloo")
 
     def gather(self, obj) -> list | None:
         """Every rank's obj at rank 0 (a list by rank), None elsewhere."""
@@ -209,7 +218,7 @@ def sample_cell(sampler: Sampler, budget: int, seed: int, mine: list[range], arg
         processes = paper_samplers(model, budget, outer=args.outer)
         part = {"images": {}, "preview_nfe": {}}
         for name in SAMPLERS:
-            generators = sample_generators(seed, idx, device=sampler.device)  # (seed, index): noise and steps
+            generators = sample_generators(seed, idx)  # (seed, index): CPU streams, the same noise on any device
             spent = [0]
 
             def progress(event, spent=spent, size=len(idx)):
@@ -266,7 +275,45 @@ def reference_classifier(classifier, real):
     return Reference().eval()
 
 
-def cell_rows(parts: list[dict], budget: int, seed: int, args, clf, real, bar) -> list[dict]:
+class PoolJudge:
+    """A judge that reads pixels: 4x4 average pooling of the 32x32 digit, 64 features (no learned weights)."""
+
+    num_features = 64
+
+    def eval(self):
+        return self
+
+    def features(self, x):
+        import torch.nn.functional as F
+
+        return F.avg_pool2d(x.float(), 4).flatten(1)
+
+
+class LogitJudge:
+    """A judge that reads the classifier's 10 logits only: what a digit is, not how it is drawn."""
+
+    num_features = 10
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+
+    def eval(self):
+        return self
+
+    def features(self, x):
+        return self.classifier(x)
+
+    def __call__(self, x):
+        return self.classifier(x)
+
+
+def judges_of(names: list[str], clf) -> dict:
+    """name -> an object with `features(x)` and `num_features`, fed to `nestedlib.metrics` like the classifier."""
+    made = {"classifier": lambda: clf, "logits": lambda: LogitJudge(clf), "pixels": PoolJudge}
+    return {name: made[name]() for name in names}
+
+
+def cell_rows(parts: list[dict], budget: int, seed: int, args, clf, real, bar, judges: dict) -> list[dict]:
     """Rows of one (budget, seed) from every rank's micro-batches, put back in sample order."""
     import torch
 
@@ -280,15 +327,22 @@ def cell_rows(parts: list[dict], budget: int, seed: int, args, clf, real, bar) -
     rows = []
     for name in SAMPLERS:
         for p in args.percents:
-            fake = torch.cat([merged[s]["images"][name, p] for s in starts])
+            fake = torch.cat([merged[s]["images"][name, p] for s in starts]).to(real.device)
             assert len(fake) == args.n, (len(fake), args.n)
             preview = {merged[s]["preview_nfe"][name, p] for s in starts}
             kid, kid_std = metrics.kid(clf, real, fake, seed=seed)
+            other = {}
+            for judge, features in judges.items():  # FID and KID of other judges, beside the classifier's
+                if judge == "classifier":
+                    continue
+                other[f"fid_{judge}"] = metrics.fid(features, real, fake)
+                other[f"kid_{judge}"] = metrics.kid(features, real, fake, seed=seed)[0]
             rows.append({
                 "budget": budget, "percent": p, "nfe": budget * p // 100, "preview_nfe": preview.pop(),
                 "sampler": name, "seed": seed, "n": args.n,
                 "fid": metrics.fid(clf, real, fake), "kid": kid, "kid_std": kid_std,
-                "class_accuracy": None if args.unconditional else metrics.class_accuracy(clf, fake, labels),
+                "class_accuracy": None if args.unconditional else metrics.class_accuracy(clf, fake, labels.to(real.device)),
+                **other,
             })
             bar.update(1)
     return rows
@@ -338,8 +392,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     mine = cells[dist.rank :: dist.world]
     lead = dist.rank == 0
     if lead:
-        real = data.mnist("heldout")[0]
-        clf = reference_classifier(models.load("mnist-classifier"), real)
+        real = data.mnist("heldout")[0].to(dist.device)  # metrics run where the samples were drawn
+        clf = reference_classifier(models.load("mnist-classifier", device=dist.device), real)
+        judges = judges_of(args.judges, clf)
     clock = {"sampling_s": 0.0, "decode_s": 0.0, "gather_s": 0.0, "metrics_s": 0.0, "image_nfe": 0,
              "decoded_images": 0}
     total = 2 * sum(args.budgets) * len(args.seeds) * sum(len(c) for c in mine)
@@ -357,12 +412,14 @@ def main(argv: list[str] | None = None) -> dict | None:
                 clock["gather_s"] += time.perf_counter() - start
                 if lead:
                     start = time.perf_counter()
-                    rows += cell_rows(parts, budget, seed, args, clf, real, mbar)
+                    rows += cell_rows(parts, budget, seed, args, clf, real, mbar, judges)
                     clock["metrics_s"] += time.perf_counter() - start
         if lead:
             start = time.perf_counter()
-            n_floor = min(args.n, len(real))  # the held-out set has 1,000 digits
-            floors = [{"seed": s, **metrics.real_floor(clf, n_floor, seed=s)} for s in args.seeds]
+            # the cells compare n samples with all held-out digits; the floor compares as many training digits
+            # (at most the 4,000 there are: above that it overstates the floor a little) with the same held-out set
+            n_floor = min(args.n, len(data.mnist("train")[0]))
+            floors = [{"seed": s, **metrics.real_floor(clf, n_floor, seed=s, n_real=len(real))} for s in args.seeds]
             clock["metrics_s"] += time.perf_counter() - start
     clock["wall_s"] = time.perf_counter() - wall
     clocks = dist.gather(clock)

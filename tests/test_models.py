@@ -138,6 +138,19 @@ def test_fid_is_the_frechet_distance_of_the_classifier_features():
     assert metrics.fid(clf, real, real) == pytest.approx(0.0, abs=1e-6 * ref)
 
 
+def test_real_floor_compares_the_sizes_it_is_given_and_refuses_sizes_it_cannot_draw():
+    clf = B.build_classifier(tiny=True)
+    small, matched = metrics.real_floor(clf, n=50, seed=0), metrics.real_floor(clf, n=50, seed=0, n_real=1000)
+    assert (small["n"], small["n_real"], matched["n_real"]) == (50, 50, 1000)
+    # a larger reference set shrinks FID's small-sample bias: the floor a 50-sample cell against all 1,000 held-out
+    # digits must be compared with is lower than the 50-vs-50 floor
+    assert matched["fid"] < small["fid"]
+    with pytest.raises(ValueError, match="training digits"):
+        metrics.real_floor(clf, n=5000, n_real=1000)
+    with pytest.raises(ValueError, match="held-out"):
+        metrics.real_floor(clf, n=10, n_real=1001)
+
+
 # --- the shipped models (skipped where data/<name> is not there yet) --------------------------
 
 

@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "sweep.py"
-SMALL = ["--budgets", "10", "--percents", "50", "100", "--n", "8", "--batch", "4", "--seeds", "0", "1"]
+SMALL = ["--budgets", "10", "--percents", "50", "100", "--n", "8", "--batch", "4", "--seeds", "0", "1",
+         "--judges", "classifier", "pixels", "logits"]
 METRICS = ("budget", "percent", "nfe", "preview_nfe", "sampler", "seed", "n", "fid", "kid", "kid_std",
            "class_accuracy")
 
@@ -69,12 +70,14 @@ def test_results_schema(runs):
         assert r["nfe"] == r["budget"] * r["percent"] // 100 and r["n"] == 8
         assert r["preview_nfe"] <= r["nfe"]  # the preview held at the stop
         assert r["fid"] > 0 and r["kid_std"] >= 0 and 0 <= r["class_accuracy"] <= 1
+        assert r["fid_pixels"] > 0 and r["fid_logits"] > 0 and r["fid_pixels"] != r["fid"] != r["fid_logits"]
+        assert {"kid_pixels", "kid_logits"} <= set(r) and "fid_classifier" not in r
         if r["sampler"] == "vanilla" or r["percent"] == 100:
             assert r["preview_nfe"] == r["nfe"]
     nested50 = [r for r in rows if (r["sampler"], r["percent"]) == ("nested", 50)]
     assert {r["preview_nfe"] for r in nested50} == {4}  # 2 of 5 outer steps (2 NFEs each) fit in 5 NFEs
     assert [f["seed"] for f in res["floor"]] == [0, 1]
-    assert all(f["n"] == 8 and f["fid"] > 0 for f in res["floor"])
+    assert all(f["n"] == 8 and f["n_real"] == 1000 and f["fid"] > 0 for f in res["floor"])  # as the cells compare
     assert params["budgets"] == [10] and params["n"] == 8 and params["guidance"] == 1.5
     assert res["model"] == "mnist-dit" and res["commit"] and res["machine"]["cpu_count"]
     assert res["time"]["wall_s"] > 0 and len(res["time"]["sampling_s"]) == 1 and res["image_nfe_per_s"] > 0
@@ -91,6 +94,8 @@ def test_results_schema(runs):
     (["--seeds", "0", "0"], "lists a value twice"),
     (["--unconditional", "--guidance", "1.5"], "no guidance"),
     (["--model", "mnist-sd"], "supports mnist-dit"),
+    (["--judges", "inception"], "invalid choice"),
+    (["--judges", "pixels", "pixels"], "lists a value twice"),
 ])
 def test_bad_inputs_say_what_to_do(argv, message, capsys):
     sweep = load_script()
