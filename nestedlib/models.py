@@ -65,6 +65,7 @@ REGISTRY: dict[str, ModelInfo] = {
         ModelInfo("mnist-sd", "bundled", "text-conditioned latent UNet on MNIST (Stable Diffusion 1.5 stand-in)",
                   key="sd"),
         ModelInfo("digits8", "bundled", "8x8 pixel epsilon model on scikit-learn digits", key="digits8"),
+        ModelInfo("mnist-pixel", "bundled", "32x32 pixel epsilon model on MNIST (inverse problems)", key="pixel"),
         ModelInfo("mnist-vae", "bundled", "latent autoencoder 1x32x32 -> 4x8x8 shared by mnist-dit and mnist-sd",
                   key="vae"),
         ModelInfo("mnist-classifier", "bundled", "evaluation classifier (accuracy and FID features)", key="classifier"),
@@ -258,7 +259,7 @@ def load(name: str, device: str | torch.device = "cpu", root: str | os.PathLike 
         elif name == "mnist-sd":
             pipe = StableDiffusionPipeline.from_pretrained(
                 folder, dtype=f32, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        else:  # digits8
+        else:  # digits8, mnist-pixel
             pipe = DDPMPipeline.from_pretrained(folder, dtype=f32)
     finally:
         if bar:

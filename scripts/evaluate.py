@@ -5,6 +5,7 @@
     python scripts/evaluate.py dit          # 1,000 samples, 250-step DDPM (learned variance), guidance 3
     python scripts/evaluate.py sd           # 1,000 prompts, 50-step DDIM, guidance 4
     python scripts/evaluate.py digits8      # 1,000 unconditional samples, 250-step DDPM
+    python scripts/evaluate.py pixel        # 1,000 unconditional samples, 100-step DDPM (--device cuda: faster)
 
 Writes data/<name>/metrics.json, data/<name>/samples.png and data/<name>/MODEL_CARD.md
 (options: --n N samples, --seed S, --guidance G, --print-only). A model is named by its key (above) or its registry
@@ -225,6 +226,45 @@ def evaluate_digits8(n: int, seed: int, steps: int = 250) -> tuple[dict, torch.T
     return m, imgs[:100]
 
 
+def evaluate_pixel(n: int, seed: int, steps: int = 100, device: str = "cpu") -> tuple[dict, torch.Tensor]:
+    """n unconditional samples by nestedlib's DDPM, judged by the classifier (FID/KID, class histogram, confidence)
+    and by their distance to the nearest training digit (memorised copies would sit much closer than new digits)."""
+    from nestedlib.pipelines import pixel_model
+
+    pipe = models.load("mnist-pixel", device=device)
+    clf = models.load("mnist-classifier", device=device)
+    x_tr, _ = data.mnist("train")
+    x_he, _ = data.mnist("heldout")
+    x_tr, x_he = x_tr.to(device), x_he.to(device)
+    imgs = []
+    for lo in range(0, n, 250):
+        model = pixel_model(pipe, min(250, n - lo))
+        g = torch.Generator().manual_seed(seed * 1_000_003 + lo)  # CPU stream: the same noise on any device
+        imgs.append(run(vanilla(model.network, model.schedule, steps, transition="ddpm"), model.noise(g),
+                        generator=g).x0.clamp(-1, 1))
+    imgs = torch.cat(imgs)
+
+    def nearest(x):  # L2 distance (per pixel, rms) from each image to its nearest training digit
+        return torch.cat([torch.cdist(x[i:i + 500].flatten(1), x_tr.flatten(1)).min(1).values
+                          for i in range(0, len(x), 500)]) / 32
+
+    with torch.no_grad():
+        p_fake = torch.cat([clf(imgs[i:i + 500]).softmax(1) for i in range(0, n, 500)])
+        p_real = clf(x_he).softmax(1)
+    kid_mean, kid_std = metrics.kid(clf, x_he, imgs, seed=seed)
+    d_fake, d_real = nearest(imgs), nearest(x_he)
+    m = {"sampler": f"DDPM ancestral, {steps} steps (nestedlib.vanilla)", "n": n, "seed": seed, "device": device,
+         "fid_vs_heldout": metrics.fid(clf, x_he, imgs), "kid_vs_heldout": kid_mean, "kid_std": kid_std,
+         "real_floor": metrics.real_floor(clf, n=min(n, 1000), seed=seed, n_real=len(x_he)),
+         "confident_fraction_samples": float((p_fake.max(1).values > 0.9).float().mean()),
+         "confident_fraction_heldout": float((p_real.max(1).values > 0.9).float().mean()),
+         "predicted_class_histogram": torch.bincount(p_fake.argmax(1), minlength=10).tolist(),
+         "nearest_training_rms_median_samples": float(d_fake.median()),
+         "nearest_training_rms_median_heldout": float(d_real.median()),
+         "fraction_samples_closer_than_1pct_heldout": float((d_fake < d_real.quantile(0.01)).float().mean())}
+    return m, imgs[:100].cpu()
+
+
 CARD_INTRO = {
     "mnist-classifier": "Evaluation network: a small CNN classifier of 32x32 MNIST digits. Its penultimate "
                         "128-d layer is the feature space of the book's FID/KID (torchmetrics, `feature=`), and "
@@ -244,6 +284,10 @@ CARD_INTRO = {
                 "`StableDiffusionPipeline`.",
     "digits8": "Unconditional epsilon-prediction UNet (diffusers `UNet2DModel`) on scikit-learn's 8x8 digits, "
                "the smallest teaching model. Loads as a `DDPMPipeline`.",
+    "mnist-pixel": "Unconditional epsilon-prediction UNet (diffusers `UNet2DModel`, block_out_channels (16, 32, 64), "
+                   "attention at 8x8, dropout 0.1) on 32x32 MNIST pixels with DDPM's linear betas: the pixel-space "
+                   "model of the inverse-problems chapter, where a measurement y = A x is taken of the image itself. "
+                   "Trained with random shifts of up to 2 pixels. Loads as a `DDPMPipeline`.",
 }
 
 
@@ -253,6 +297,7 @@ CAPTIONS = {
     "mnist-dit": "Samples of the evaluation run (first 10 of each class, one class per row).",
     "mnist-sd": "Samples of the evaluation run (first 10 of each prompted digit, one digit per row).",
     "digits8": "The first 100 unconditional samples of the evaluation run.",
+    "mnist-pixel": "The first 100 unconditional samples of the evaluation run.",
 }
 
 
@@ -275,12 +320,14 @@ def write_card(name: str, m: dict, folder: Path) -> Path:
              f"seed {rec.get('settings', {}).get('seed', '?')}",
              f"- Settings: `{json.dumps(rec.get('settings', {}))}`",
              f"- Wall time: {rec.get('wall_minutes', '?')} training minutes",
-             f"- Machine: {rec.get('machine', '?')}", ""]
+             f"- Machine: {rec.get('machine', '?')}" + (f", network on {rec['device']}" if rec.get("device", "cpu")
+                                                        != "cpu" else ""), ""]
     if tracked:
         lines += ["Sample accuracy tracked while training (200 samples, EMA weights):", "",
                   "| step | minutes | accuracy |", "|---:|---:|---:|"]
         lines += [f"| {e['step']} | {e['wall_s'] / 60:.1f} | {e['track_acc']:.3f} |" for e in tracked] + [""]
-    lines += ["## Metrics", "", f"Measured by `python scripts/evaluate.py {key}`:", "", "```json",
+    on = f" --device {m['device']}" if m.get("device", "cpu") != "cpu" else ""
+    lines += ["## Metrics", "", f"Measured by `python scripts/evaluate.py {key}{on}`:", "", "```json",
               json.dumps(m, indent=1), "```", "", "## Samples", "", CAPTIONS[name], "", "![samples](samples.png)", ""]
     path = folder / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
@@ -288,7 +335,7 @@ def write_card(name: str, m: dict, folder: Path) -> Path:
 
 
 EVALUATE = {"classifier": evaluate_classifier, "vae": evaluate_vae, "dit": evaluate_dit, "sd": evaluate_sd,
-            "digits8": evaluate_digits8}  # by registry key
+            "digits8": evaluate_digits8, "pixel": evaluate_pixel}  # by registry key
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -300,10 +347,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--guidance", type=float, default=None, help="dit/sd: guidance scale (default: the book's)")
     ap.add_argument("--print-only", action="store_true", help="print the figures, leave data/ untouched")
+    ap.add_argument("--device", default="cpu", help="pixel only: where the samples are drawn (cpu or cuda)")
     args = ap.parse_args(argv)
     key, name = args.model.key, args.model.name
     t0 = time.perf_counter()
     kw = {"guidance": args.guidance} if args.guidance is not None and key in ("dit", "sd") else {}
+    if key == "pixel":
+        kw["device"] = args.device
     m, grid = EVALUATE[key](args.n, args.seed, **kw)
     m["evaluation_wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(m, indent=1))

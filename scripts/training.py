@@ -219,7 +219,7 @@ def fit(model: nn.Module, step_loss: Callable[[nn.Module, torch.Generator], torc
     state = TrainState()
     ckpt = Path(checkpoint) if checkpoint else None
     if resume and ckpt is not None and ckpt.is_file():
-        saved = torch.load(ckpt, weights_only=False)
+        saved = torch.load(ckpt, weights_only=False, map_location=next(model.parameters()).device)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])

@@ -224,7 +224,8 @@ def test_latent_normalisation_folding_is_exact():
 
 
 def test_command_line_names_come_from_the_registry():
-    assert set(B.BUNDLED) == set(train.SETTINGS) == set(E.EVALUATE) == {"classifier", "vae", "dit", "sd", "digits8"}
+    assert set(B.BUNDLED) == set(train.SETTINGS) == set(E.EVALUATE) == {"classifier", "vae", "dit", "sd", "digits8",
+                                                                                "pixel"}
     for key, m in B.BUNDLED.items():
         assert B.bundled(key) is m and B.bundled(m.name) is m
         assert m.train_command == f"python scripts/train.py {key}"
@@ -284,7 +285,7 @@ def _tiny_cfg(steps: int = 2) -> T.TrainConfig:
 
 
 def test_every_training_loop_runs_a_few_steps(tmp_path, tiny_vae):
-    for fn, kw in [(train.train_classifier, {}), (train.train_vae, {}), (train.train_digits8, {}),
+    for fn, kw in [(train.train_classifier, {}), (train.train_vae, {}), (train.train_digits8, {}), (train.train_pixel, {}),
                    (train.train_dit, {"vae": tiny_vae}), (train.train_sd, {"vae": tiny_vae})]:
         out = fn(_tiny_cfg(), 4, tmp_path / fn.__name__ / "ckpt.pt", False, tiny=True, **kw)
         state = out[1]
