@@ -78,11 +78,20 @@ def _check_preset(preset: str) -> None:
 
 
 def sd_model(pipe, prompts: Sequence[str] | str, guidance_scale: float = 7.5, name: str = "sd",
-             negative_prompt: str = "") -> Model:
-    """A diffusers StableDiffusionPipeline: text-conditioned; the empty prompt is the unconditional branch."""
+             negative_prompt: str = "", preset: str = "book") -> Model:
+    """A diffusers StableDiffusionPipeline: text-conditioned; the empty prompt is the unconditional branch.
+
+    Guidance is eps_u + w (eps_c - eps_u) for every w; the authors' pipeline switches guidance off for w <= 1, so
+    preset="paper" refuses w < 1 rather than silently sampling something else (see `paper_samplers`).
+    """
+    _check_preset(preset)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("give at least one prompt (one per sample)")
+    if preset == "paper" and guidance_scale < 1.0:
+        raise ValueError(f"guidance_scale={guidance_scale} < 1: the authors' pipeline turns guidance off there and "
+                         "samples the conditional model alone; pass guidance_scale=1 for that, or preset='book' for "
+                         "eps_u + w (eps_c - eps_u) with w < 1")
     unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype
     with torch.no_grad():
         cond, null = pipe.encode_prompt(prompts, device, 1, True, negative_prompt=[negative_prompt] * len(prompts))
@@ -94,7 +103,7 @@ def sd_model(pipe, prompts: Sequence[str] | str, guidance_scale: float = 7.5, na
     size = unet.config.sample_size
     shape = (len(prompts), unet.config.in_channels, size, size)
     return Model(name, "sd", network, Schedule.from_diffusers(pipe.scheduler), shape, _vae_decoder(pipe.vae),
-                 device=device, dtype=dtype)
+                 device=device, dtype=dtype, preset=preset)
 
 
 def pixel_model(pipe, batch_size: int, name: str = "pixel") -> Model:
@@ -136,8 +145,8 @@ def prepare(name: str, cond: Any = None, guidance_scale: float | None = None, *,
     """Load a model by name (nestedlib.models registry: bundled or hub) and wrap it for nestedlib.
 
     cond: class labels for DiT models, prompts for Stable Diffusion models, nothing for pixel models.
-    guidance_scale: defaults to GUIDANCE[name]. preset: "paper" for the authors' exact DiT settings (see
-    `paper_samplers`), "book" for this book's defaults.
+    guidance_scale: defaults to GUIDANCE[name]. preset: "paper" for the authors' exact DiT and Stable Diffusion
+    samplers (see `paper_samplers`), "book" for this book's defaults.
     """
     _check_preset(preset)
     from .models import info, load
@@ -152,7 +161,7 @@ def prepare(name: str, cond: Any = None, guidance_scale: float | None = None, *,
         scale = guidance_scale if guidance_scale is not None else GUIDANCE.get(name, 7.5)
         if cond is None:
             raise ValueError(f"{name} is text-conditioned: pass cond=[prompt, ...], one prompt per sample")
-        return replace(sd_model(pipe, cond, scale, name), preset=preset)
+        return sd_model(pipe, cond, scale, name, preset=preset)
     if cond is not None:
         raise ValueError(f"{name} is unconditional: leave cond out and pass batch_size")
     return replace(pixel_model(pipe, batch_size or 16, name), preset=preset)
@@ -169,20 +178,33 @@ def paper_samplers(model: Model, total_nfe: int, outer: int | None = None) -> di
     With model.preset == "paper" (DiT), every grid is built by improved-diffusion's `space_timesteps`, as the
     authors' DiT script does (5 outer steps: [999, 799, 599, 400, 200]); guidance on 3 channels comes with the
     model (`dit_model`). The "book" preset uses rounded linspace grids ([999, 799, 600, 400, 201]).
+
+    Stable Diffusion: both presets use the authors' grids, eta and guidance; they differ in the inner run's last
+    step. "paper" ends it as the authors' NestedScheduler (diffusers' `set_alpha_to_one=False`): a DDIM step from
+    t = 1 to t = 0 with abar_0 = 0.99915 (0.99957 x̂_0 + 0.0292 epŝ, plus one more noise draw at eta = 0.85, no NFE);
+    "book" ends exactly at x̂_0 (`DDIM(final_alpha_cumprod=1)`). Where the authors' code misbehaves the book does
+    not follow it, in either preset: one inner step evaluates the network at the outer t (theirs: at t = 1); more
+    inner steps than fit under an outer t raise an error here (theirs: clamped, so 25 x 50 spends 1,241 NFEs, not
+    1,250); w < 1 is refused by `sd_model(preset="paper")` (theirs: guidance off). The authors' code has no
+    vanilla Stable Diffusion sampler; vanilla is DDIM (eta = 0) over round(linspace(1, 999)), ending at x̂_0.
     """
     net, sched = model.network, model.schedule
-    if model.kind == "sd" and model.preset == "paper":
-        raise ValueError("the authors' exact Stable Diffusion inner ending (a last DDIM step to abar_0 = 0.99915) is "
-                         "not implemented yet; preset='book' uses their grids, eta and guidance with an exact x̂_0 end")
     if model.kind == "sd":
         outer = outer or 25
-        inner = vanilla(net, sched, split_budget(total_nfe, outer), transition="ddim", eta=0.85, t_end=1)
-        return {"vanilla": vanilla(net, sched, total_nfe, transition="ddim", t_end=1), "nested": nested(inner, outer)}
-    outer = outer or 5
-    kw = dict(transition="ddpm", learned_variance=model.learned_variance,
-              spacing="space_timesteps" if model.preset == "paper" else "linspace")
-    inner = vanilla(net, sched, split_budget(total_nfe, outer), **kw)
-    return {"vanilla": vanilla(net, sched, total_nfe, **kw), "nested": nested(inner, outer, spacing=kw["spacing"])}
+        end = sched.abar(0) if model.preset == "paper" else 1.0  # the authors' inner DDIM ends at t = 0, not at x̂_0
+        inner = vanilla(net, sched, split_budget(total_nfe, outer), transition="ddim", eta=0.85, t_end=1,
+                        final_alpha_cumprod=end)
+        samplers = {"vanilla": vanilla(net, sched, total_nfe, transition="ddim", t_end=1),
+                    "nested": nested(inner, outer)}
+    else:
+        outer = outer or 5
+        kw = dict(transition="ddpm", learned_variance=model.learned_variance,
+                  spacing="space_timesteps" if model.preset == "paper" else "linspace")
+        inner = vanilla(net, sched, split_budget(total_nfe, outer), **kw)
+        samplers = {"vanilla": vanilla(net, sched, total_nfe, **kw),
+                    "nested": nested(inner, outer, spacing=kw["spacing"])}
+    samplers["nested"].nfe(sched.num_timesteps - 1)  # every inner grid fits under its outer t, or a clear error now
+    return samplers
 
 
 # --- diffusers schedulers as inner processes (e.g. DPM-Solver++). -----------------------------------------------
@@ -234,13 +256,14 @@ def inner_from_scheduler(scheduler, network: Callable, steps: int | Sequence[int
 
     diffusers' DDIMScheduler steps by a fixed stride from T, so it cannot start at an outer t; its update is
     written out in `nestedlib.transitions.DDIM` (tested step for step against DDIMScheduler) and used instead,
-    with the scheduler's own betas.
+    with the scheduler's own betas and its abar at the clean end (`set_alpha_to_one`).
     """
     from diffusers import DDIMScheduler
 
     if isinstance(scheduler, DDIMScheduler):
         schedule = Schedule.from_diffusers(scheduler)
         clip = scheduler.config.clip_sample_range if scheduler.config.clip_sample else None
-        return Diffusion(NetworkMean(network, schedule, clip), DDIM(schedule, eta), steps, t_end=t_end,
+        end = float(scheduler.final_alpha_cumprod)  # 1, or abar_0 with set_alpha_to_one=False (SD's config)
+        return Diffusion(NetworkMean(network, schedule, clip), DDIM(schedule, eta, end), steps, t_end=t_end,
                          drop_end=drop_end)
     return SchedulerSampler(scheduler, network, steps, t_end=t_end, drop_end=drop_end)

@@ -354,13 +354,17 @@ def sample_generators(seed: int, indices: Sequence[int], device: str | torch.dev
 
 def vanilla(network: Callable, schedule: Schedule, steps: int | Sequence[int], *, transition: str = "ddim",
             eta: float = 0.0, learned_variance: bool = False, clip: float | None = None, t_end: int = 0,
-            drop_end: bool = False, spacing: str = "linspace") -> Diffusion:
-    """Algorithm 1 with the network's x̂_0: DDPM (transition='ddpm', optionally DiT's learned variance) or DDIM(eta)."""
+            drop_end: bool = False, spacing: str = "linspace", final_alpha_cumprod: float = 1.0) -> Diffusion:
+    """Algorithm 1 with the network's x̂_0: DDPM (transition='ddpm', optionally DiT's learned variance) or DDIM(eta)
+    ending at abar = final_alpha_cumprod (1: exactly x̂_0; schedule.abar(0): the authors' SD inner process)."""
     if transition not in ("ddim", "ddpm"):
         raise ValueError(f"unknown transition {transition!r}; choose 'ddim' (with eta in [0, 1]) or 'ddpm'")
     if learned_variance and transition != "ddpm":
         raise ValueError("the learned variance is DDPM's (DiT's ancestral sampler); use transition='ddpm' with it")
-    q = DDIM(schedule, eta) if transition == "ddim" else DDPM(schedule)
+    if final_alpha_cumprod != 1.0 and transition != "ddim":
+        raise ValueError("final_alpha_cumprod is the end of a DDIM process (diffusers' set_alpha_to_one=False); "
+                         "use transition='ddim' with it, or leave it at 1")
+    q = DDIM(schedule, eta, final_alpha_cumprod) if transition == "ddim" else DDPM(schedule)
     x0_sampler = (LearnedVariance if learned_variance else NetworkMean)(network, schedule, clip)
     return Diffusion(x0_sampler, q, steps, t_end=t_end, drop_end=drop_end, spacing=spacing)
 

@@ -112,7 +112,7 @@ def timesteps(t_start: int, steps: int, *, t_end: int = 0, drop_end: bool = Fals
             f"or fewer outer steps so that every outer timestep stays high enough)."
         )
     if points == 1:
-        grid = [int(t_start)]  # (improved-diffusion would give [t_end] here; a one-step grid starts where it is)
+        grid = [int(t_start)]  # a one-step grid starts where it is (improved-diffusion, the authors' SD code: [t_end])
     elif spacing == "space_timesteps":
         grid = _space_timesteps(int(t_start), int(t_end), points)
     else:

@@ -3,7 +3,8 @@
 Eq. 1 of the paper: p(x_{t'} | x_t) = ∫ q(x_{t'} | x_0, x_t) p(x_0 | x_t) dx_0, with t' < t the next grid point.
 DDPM and DDIM are two choices of q. Grids may skip timesteps, so every formula is written with
 abar_t and abar_{t'} only (the "respaced" betas of Improved DDPM and DiT):  beta'_t = 1 - abar_t / abar_{t'}.
-Stepping to the clean end (t' = -1, abar = 1) returns x̂_0 itself: no noise at the last step.
+Stepping to the clean end (t' = -1, abar = 1) returns x̂_0 itself: no noise at the last step. DDIM may instead end
+at abar = `final_alpha_cumprod` < 1, as diffusers' `set_alpha_to_one=False` and the authors' Stable Diffusion code do.
 """
 from __future__ import annotations
 
@@ -84,22 +85,38 @@ class DDPM:
 
 
 class DDIM:
-    """DDIM with stochasticity eta as the transition of Algorithm 1 (Song et al. 2021, eq. 12)."""
+    """DDIM with stochasticity eta as the transition of Algorithm 1 (Song et al. 2021, eq. 12).
+
+    final_alpha_cumprod is abar at the clean end (diffusers' name): 1 (the default, `set_alpha_to_one=True`) ends
+    exactly at x̂_0 and draws nothing; schedule.abar(0) (`set_alpha_to_one=False`, the authors' Stable Diffusion
+    inner process) makes the last step an ordinary eq. 12 step to t = 0: at eta = 0 with SD's betas it returns
+    0.99957 x̂_0 + 0.0292 epŝ, and at eta > 0 it draws noise once more.
+    """
 
     name = "ddim"
 
-    def __init__(self, schedule: Schedule, eta: float = 0.0):
+    def __init__(self, schedule: Schedule, eta: float = 0.0, final_alpha_cumprod: float = 1.0):
         if not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
             raise ValueError(f"DDIM's eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM), got {eta!r}")
-        self.schedule, self.eta = schedule, float(eta)
+        if not isinstance(final_alpha_cumprod, (int, float)) or not 0.0 < float(final_alpha_cumprod) <= 1.0:
+            raise ValueError(f"final_alpha_cumprod must lie in (0, 1] (1: end exactly at x̂_0; schedule.abar(0): "
+                             f"end at t = 0 as diffusers' set_alpha_to_one=False), got {final_alpha_cumprod!r}")
+        self.schedule, self.eta, self.final_alpha_cumprod = schedule, float(eta), float(final_alpha_cumprod)
 
     def __call__(self, x_t, x0, t: int, t_next: int, generator=None, variance=None) -> torch.Tensor:
         if variance is not None:
             raise ValueError("a learned variance belongs to the DDPM transition (DiT's ancestral step), not to DDIM")
-        if t_next == CLEAN:
-            return x0  # abar_{-1} = 1: x_{-1} = x̂_0 exactly
+        abar_t = self.schedule.abar(t)
+        abar_next = self.final_alpha_cumprod if t_next == CLEAN else self.schedule.abar(t_next)
+        if abar_next == 1.0:
+            return x0  # abar_{-1} = 1: x_{-1} = x̂_0 exactly, no draw
+        if abar_next < abar_t:
+            raise ValueError(f"the last step from t={t} (abar={abar_t:.6g}) would end noisier, at "
+                             f"final_alpha_cumprod={abar_next:.6g}; end the grid higher (e.g. t_end=1) or use "
+                             "final_alpha_cumprod=1")
         noise = randn(x_t, generator) if self.eta > 0 else None  # diffusers draws noise only when eta > 0
-        return ddim_step(x_t, x0, self.schedule.abar(t), self.schedule.abar(t_next), self.eta, noise)
+        return ddim_step(x_t, x0, abar_t, abar_next, self.eta, noise)
 
     def __repr__(self) -> str:
-        return f"DDIM(eta={self.eta:g})"
+        end = "" if self.final_alpha_cumprod == 1.0 else f", final_alpha_cumprod={self.final_alpha_cumprod:.6g}"
+        return f"DDIM(eta={self.eta:g}{end})"

@@ -1,12 +1,13 @@
 """Nested and vanilla sampling end to end through tiny, randomly initialised diffusers pipelines (no download):
 the same DiTPipeline / StableDiffusionPipeline classes as DiT-XL/2 and Stable Diffusion 1.5."""
+import numpy as np
 import pytest
 import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTPipeline, DiTTransformer2DModel,
                        StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from nestedlib import nested, run, vanilla
+from nestedlib import nested, run, sample_generators, vanilla
 from nestedlib.pipelines import dit_model, paper_samplers, pixel_model, sd_model
 
 
@@ -163,6 +164,13 @@ def test_golden_sd_nested_and_vanilla(sd_pipe):
     assert _golden(model, samplers["vanilla"]) == pytest.approx(GOLDEN["sd_vanilla"], rel=1e-4)
 
 
+def test_golden_sd_paper_preset(sd_pipe):
+    model = sd_model(sd_pipe, ["a seven", "a digit"], guidance_scale=7.5, preset="paper")
+    samplers = paper_samplers(model, total_nfe=50)
+    assert _golden(model, samplers["nested"]) == pytest.approx(GOLDEN["sd_paper_nested"], rel=1e-4)
+    assert _golden(model, samplers["vanilla"]) == pytest.approx(GOLDEN["sd_vanilla"], rel=1e-4)  # as the book's
+
+
 GOLDEN = {  # mean |x̂_0| of the previews at 20, 40, ..., 100 % of the budget (OMP_NUM_THREADS 1 and 2 agree to 3e-7)
     "dit_nested": [167.02066040039062, 163.5459747314453, 163.300048828125, 163.38177490234375, 163.403076171875],
     "dit_vanilla": [158.86729431152344, 233.3050079345703, 235.8046112060547, 236.65687561035156, 236.889404296875],
@@ -170,7 +178,118 @@ GOLDEN = {  # mean |x̂_0| of the previews at 20, 40, ..., 100 % of the budget (
     "dit_paper_vanilla": [158.3056182861328, 232.35813903808594, 234.77650451660156, 235.6132354736328, 235.8377685546875],
     "sd_nested": [12.174271583557129, 12.011528015136719, 11.974151611328125, 11.965065002441406, 11.963156700134277],
     "sd_vanilla": [12.148309707641602, 12.006553649902344, 11.96496868133545, 11.955937385559082, 11.954559326171875],
+    "sd_paper_nested": [12.167675018310547, 12.00448226928711, 11.95759105682373, 11.947356224060059, 11.94168758392334],
 }
+
+
+# ---- the authors' Stable Diffusion sampler (preset="paper") -----------------------------------------------------
+
+# The UNet's timesteps in the authors' pipeline: outer round(linspace(1, 999, outer + 1)) without its last point 1,
+# then inner round(linspace(1, t, inner)) from each outer t (their NestedScheduler.set_timesteps, run with numpy).
+AUTHORS_SD_GRIDS = {
+    (5, 4): [[999, 666, 334, 1], [799, 533, 267, 1], [600, 400, 201, 1], [400, 267, 134, 1], [201, 134, 68, 1]],
+    (3, 7): [[999, 833, 666, 500, 334, 167, 1], [666, 555, 444, 334, 223, 112, 1], [334, 278, 223, 168, 112, 56, 1]],
+    (25, 4): [[999, 666, 334, 1], [959, 640, 320, 1], [919, 613, 307, 1], [879, 586, 294, 1], [839, 560, 280, 1],
+              [799, 533, 267, 1], [759, 506, 254, 1], [720, 480, 241, 1], [680, 454, 227, 1], [640, 427, 214, 1],
+              [600, 400, 201, 1], [560, 374, 187, 1], [520, 347, 174, 1], [480, 320, 161, 1], [440, 294, 147, 1],
+              [400, 267, 134, 1], [360, 240, 121, 1], [320, 214, 107, 1], [280, 187, 94, 1], [241, 161, 81, 1],
+              [201, 134, 68, 1], [161, 108, 54, 1], [121, 81, 41, 1], [81, 54, 28, 1], [41, 28, 14, 1]],
+}
+
+
+def _authors_sd(network, schedule, x_T, outer, inner, eta, generator):
+    """The authors' nested SD loop, written out from their pipeline in float64: outer DDIM (eta 0) on x̂_0 with its
+    last step to t = 1; inner DDIM(eta) from t down to 1, then one more step to t = 0 (abar_0), noise at every step."""
+    abar = schedule.alphas_cumprod.double()
+    outer_ts = np.linspace(1, 999, outer + 1).round().astype(int)[::-1].tolist()
+    x_out, previews = x_T, []
+    for i, t in enumerate(outer_ts[:-1]):
+        ts = np.linspace(1, t, min(inner, t)).round().astype(int)[::-1].tolist() + [0]
+        x = x_out
+        for s, s_prev in zip(ts[:-1], ts[1:]):
+            eps = network(x, s)
+            x0 = (x - (1 - abar[s]).sqrt() * eps) / abar[s].sqrt()
+            std = eta * ((1 - abar[s_prev]) / (1 - abar[s]) * (1 - abar[s] / abar[s_prev])).sqrt()
+            x = abar[s_prev].sqrt() * x0 + (1 - abar[s_prev] - std**2).sqrt() * eps
+            if eta > 0:
+                x = x + std * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        previews.append(x)  # the inner run's final latent is the image shown
+        t_prev = outer_ts[i + 1]
+        eps_outer = (x_out - abar[t].sqrt() * x) / (1 - abar[t]).sqrt()
+        x_out = abar[t_prev].sqrt() * x + (1 - abar[t_prev]).sqrt() * eps_outer
+    return previews
+
+
+def _unet_timesteps(pipe):
+    seen = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(int(a[1].reshape(-1)[0])),
+                                                 with_kwargs=True)
+    return seen, handle
+
+
+@pytest.mark.parametrize("outer, inner", sorted(AUTHORS_SD_GRIDS))
+def test_the_paper_preset_is_the_authors_sd_sampler(sd_pipe, outer, inner):
+    """Same UNet timesteps, same NFEs and the same numbers as the authors' loop (written out above, in float64).
+    Error model: both sides run in float64 around a float32 UNet; they differ only in the order of float64
+    operations (~1e-16 relative), which flips a float32 rounding of the UNet's input with probability ~1e-8 per
+    element; one flip moves a latent by ~1e-7. 1e-6 of the latents' scale is therefore a wide bound, while a wrong
+    ending (2.9 % of epŝ) or a missing draw (0.85 sigma z) is off by 1e-3 or more."""
+    model = sd_model(sd_pipe, ["a seven", "a digit"], guidance_scale=7.5, preset="paper")
+    x_T = model.noise(torch.Generator().manual_seed(3)).double()
+    seen, handle = _unet_timesteps(sd_pipe)
+    try:
+        ours = run(paper_samplers(model, outer * inner, outer)["nested"], x_T, generator=torch.Generator().manual_seed(4))
+    finally:
+        handle.remove()
+    assert seen == [t for grid in AUTHORS_SD_GRIDS[outer, inner] for t in grid]
+    assert ours.nfe == ours.planned_nfe == outer * inner and [p.nfe for p in ours.previews][-1] == outer * inner
+    theirs = _authors_sd(model.network, model.schedule, x_T, outer, inner, 0.85, torch.Generator().manual_seed(4))
+    scale = max(p.abs().max().item() for p in theirs)
+    for a, b in zip(ours.previews, theirs):
+        assert (a.x0 - b).abs().max().item() <= 1e-6 * scale
+
+
+def test_the_sd_ending_is_one_more_draw_per_inner_run_from_each_samples_stream(sd_pipe):
+    """paper: 4 draws per inner run of 4 steps (the last one to abar_0); book: 3. No NFE is added."""
+    draws = {}
+    for preset in ("paper", "book"):
+        model = sd_model(sd_pipe, ["a seven", "a digit"], guidance_scale=7.5, preset=preset)
+        gens = sample_generators(0, [0, 1])
+        result = run(paper_samplers(model, 20, 5)["nested"], model.noise(sample_generators(9, [0, 1])), generator=gens)
+        assert result.nfe == 20
+        ref = sample_generators(0, [0, 1])[0]
+        n = 0
+        while not torch.equal(ref.get_state(), gens[0].get_state()):
+            torch.randn(model.shape[1:], generator=ref)
+            n += 1
+        draws[preset] = n
+    assert draws == {"paper": 5 * 4, "book": 5 * 3}
+
+
+def test_sd_edge_cases_of_the_authors_code(sd_pipe):
+    """What the book does where the authors' code misbehaves (see `paper_samplers`)."""
+    model = sd_model(sd_pipe, ["a seven", "a digit"], guidance_scale=7.5, preset="paper")
+    seen, handle = _unet_timesteps(sd_pipe)
+    try:  # one inner step: the UNet is evaluated at the outer t (the authors' code evaluates it at t = 1)
+        one = run(paper_samplers(model, 3, 3)["nested"], model.noise(torch.Generator().manual_seed(0)),
+                  generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert seen == [999, 666, 334] and one.nfe == 3
+    # more inner steps than fit under the last outer t = 41: an error (the authors clamp, 1,241 NFEs for 1,250)
+    with pytest.raises(ValueError, match=r"cannot take 50 steps from t=41 down to t=1.*at most 41 steps"):
+        paper_samplers(model, total_nfe=1250, outer=25)
+    assert paper_samplers(model, total_nfe=25 * 41, outer=25)["nested"].nfe(999) == 25 * 41
+    # guidance below 1: refused by the paper preset (the authors turn guidance off); the book applies the formula
+    with pytest.raises(ValueError, match="pass guidance_scale=1 for that, or preset='book'"):
+        sd_model(sd_pipe, ["a seven"], guidance_scale=0.5, preset="paper")
+    book = sd_model(sd_pipe, ["a seven"], guidance_scale=0.5)
+    x = book.noise(torch.Generator().manual_seed(1))
+    cond = sd_model(sd_pipe, ["a seven"], guidance_scale=1.0).network(x, 500)
+    uncond = sd_model(sd_pipe, [""], guidance_scale=1.0).network(x, 500)
+    assert torch.allclose(book.network(x, 500), uncond + 0.5 * (cond - uncond), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown preset"):
+        sd_model(sd_pipe, ["a seven"], preset="authors")
 
 
 # ---- no autograd graph while sampling (the public API, called outside any no_grad) -----------------------------

@@ -323,6 +323,19 @@ def test_diffusers_ddim_inner_uses_our_matching_ddim(toy_net, schedule):
     assert torch.equal(ours.x0, theirs.x0)
 
 
+def test_diffusers_ddim_inner_keeps_its_set_alpha_to_one(toy_net, schedule):
+    """Stable Diffusion's DDIMScheduler config (set_alpha_to_one=False) ends at abar_0, as the authors' inner DDIM."""
+    x_T, _ = _noise(16)
+    sched = DDIMScheduler(clip_sample=False, set_alpha_to_one=False)
+    ours = run(nested(vanilla(toy_net, schedule, 5, eta=0.85, t_end=1, final_alpha_cumprod=schedule.abar(0)), 4),
+               x_T, generator=torch.Generator().manual_seed(2))
+    theirs = run(nested(inner_from_scheduler(sched, toy_net, 5, t_end=1, eta=0.85), 4), x_T,
+                 generator=torch.Generator().manual_seed(2))
+    assert torch.equal(ours.x0, theirs.x0)
+    with pytest.raises(ValueError, match="use transition='ddim' with it"):
+        vanilla(toy_net, schedule, 5, transition="ddpm", final_alpha_cumprod=schedule.abar(0))
+
+
 def test_scheduler_sampler_equals_the_schedulers_own_loop(toy_net, schedule):
     """With diffusers' own "linspace" grid, SchedulerSampler from T is exactly DPMSolverMultistepScheduler's loop."""
     x_T, g = _noise(17)

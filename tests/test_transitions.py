@@ -67,6 +67,58 @@ def test_ddim_matches_diffusers(beta_schedule, eta, n):
     assert worst <= 1e-12
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.85, 1.0])
+@pytest.mark.parametrize("n", [4, 10, 50, 250])
+def test_ddim_ending_at_abar_0_matches_diffusers_set_alpha_to_one_false(eta, n):
+    """Stable Diffusion's scheduler config (set_alpha_to_one=False, steps_offset=1): its grid ends at t = 1 and the
+    last step goes to final_alpha_cumprod = abar_0, as the authors' inner DDIM does; float64 as in `_float64`."""
+    sched = DDIMScheduler(beta_schedule="scaled_linear", **RANGES["scaled_linear"], prediction_type="sample",
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    sched.set_timesteps(n)
+    assert int(sched.timesteps[-1]) == 1
+    _float64(sched)
+    s = BETAS["scaled_linear"]
+    ours = DDIM(s, eta, final_alpha_cumprod=s.abar(0))
+    worst = 0.0
+    for i, t in enumerate(sched.timesteps.tolist()):
+        x_t, x0 = _pair(200 + i)
+        prev = t - 1000 // n
+        theirs = sched.step(x0, t, x_t, eta=eta, generator=torch.Generator().manual_seed(i)).prev_sample
+        mine = ours(x_t, x0, t, prev if prev >= 0 else CLEAN, torch.Generator().manual_seed(i))
+        worst = max(worst, (theirs - mine).abs().max().item())
+    assert worst <= 1e-12
+
+
+def test_the_authors_sd_ending_draws_once_more_and_keeps_epsilon():
+    """The step from t = 1 to abar_0 = 0.99915: 0.99957 x̂_0 + 0.0292 epŝ at eta = 0 (no draw); one draw at eta > 0."""
+    s = BETAS["scaled_linear"]
+    x_t, x0 = _pair(10)
+    eps = (x_t - s.abar(1) ** 0.5 * x0) / (1 - s.abar(1)) ** 0.5
+    assert s.abar(0) == pytest.approx(0.99915, abs=1e-7)  # 1 - beta_0 in float32
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    out = DDIM(s, 0.0, s.abar(0))(x_t, x0, 1, CLEAN, g)
+    assert torch.equal(g.get_state(), state)
+    assert (out - (0.999575 * x0 + 0.029155 * eps)).abs().max().item() < 1e-5 * (x0.abs() + eps.abs()).max().item()
+    g, ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    out = DDIM(s, 0.85, s.abar(0))(x_t, x0, 1, CLEAN, g)
+    z = torch.randn(x_t.shape, generator=ref, dtype=x_t.dtype)
+    assert torch.equal(g.get_state(), ref.get_state())  # exactly one draw of x's shape
+    sigma = 0.85 * ((1 - s.abar(0)) / (1 - s.abar(1)) * (1 - s.abar(1) / s.abar(0))) ** 0.5  # DDIM eq. 16
+    mean = s.abar(0) ** 0.5 * x0 + (1 - s.abar(0) - sigma**2) ** 0.5 * eps
+    assert (out - (mean + sigma * z)).abs().max().item() <= 1e-12
+
+
+def test_a_bad_final_alpha_cumprod_is_refused():
+    s = BETAS["scaled_linear"]
+    for bad in (0.0, 1.5, "1"):
+        with pytest.raises(ValueError, match="final_alpha_cumprod must lie in"):
+            DDIM(s, 0.5, bad)
+    x_t, x0 = _pair(11)
+    with pytest.raises(ValueError, match="end the grid higher"):  # a grid ending at t = 0 cannot step up to abar_1
+        DDIM(s, 0.5, s.abar(1))(x_t, x0, 0, CLEAN)
+
+
 @pytest.mark.parametrize("t, t_next", [(999, 749), (500, 250), (250, 0), (40, 39)])
 def test_ddim_eta_one_is_the_ddpm_posterior(t, t_next):
     """Two formulas of one law (DDIM eq. 16 with eta = 1 is DDPM's beta~), compared in float64."""
@@ -81,7 +133,10 @@ def test_last_step_returns_x0_exactly():
     s = BETAS["linear"]
     x_t, x0 = _pair(8)
     assert torch.equal(DDPM(s)(x_t, x0, 0, CLEAN), x0)
-    assert torch.equal(DDIM(s, 0.85)(x_t, x0, 334, CLEAN), x0)
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    assert torch.equal(DDIM(s, 0.85)(x_t, x0, 334, CLEAN, g), x0)  # final_alpha_cumprod = 1: exact, and no draw
+    assert torch.equal(g.get_state(), state)
 
 
 def test_ddim_eta_zero_is_deterministic_and_draws_nothing():
