@@ -52,17 +52,20 @@ class Network:
     `fn(x, t, cond)` returns epsilon, shaped like x, or DiT-style epsilon and variance channels (2C channels).
     With guidance, the conditional and unconditional branches run as one batch (one NFE, as DiT counts it);
     guidance applies to the first `guided_channels` epsilon channels (all by default), the variance channels
-    come from the conditional branch.
+    come from the conditional branch. `guidance_scale` may also be a tensor of one scale per sample: both branches
+    then always run, even for rows whose scale is 1.
     """
 
     def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], *, cond: Any = None,
                  null_cond: Any = None, guidance_scale: float = 1.0, guided_channels: int | None = None):
-        if guidance_scale != 1.0 and null_cond is None:
+        per_row = torch.is_tensor(guidance_scale)  # one scale per sample (human-guided generation), always guided
+        if (per_row or guidance_scale != 1.0) and null_cond is None:
             raise ValueError(f"guidance_scale={guidance_scale} needs a null condition (null_cond) for the "
                              "unconditional branch; pass one, or use guidance_scale=1.0")
         if null_cond is not None and cond is None:
             raise ValueError("null_cond was given without cond; pass the condition too")
-        self.fn, self.cond, self.null_cond, self.guidance_scale = fn, cond, null_cond, float(guidance_scale)
+        self.fn, self.cond, self.null_cond = fn, cond, null_cond
+        self.guidance_scale = guidance_scale.reshape(-1) if per_row else float(guidance_scale)
         self.guided_channels = guided_channels
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
@@ -72,12 +75,17 @@ class Network:
                                  "per sample")
         count_nfe()
         tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
-        if self.guidance_scale == 1.0:
+        s = self.guidance_scale
+        if torch.is_tensor(s):
+            if s.shape[0] != x.shape[0]:
+                raise ValueError(f"{s.shape[0]} guidance scales for a batch of {x.shape[0]}; give one per sample")
+            s = s.to(x.device, x.dtype).reshape(-1, *[1] * (x.dim() - 1))
+        elif s == 1.0:
             out = self.fn(x, tt, self.cond)
-        else:
+        if torch.is_tensor(s) or s != 1.0:
             out_c, out_u = self.fn(torch.cat([x, x]), torch.cat([tt, tt]), _cat(self.cond, self.null_cond)).chunk(2)
             g = self.guided_channels or x.shape[1]
-            eps = out_u[:, :g] + self.guidance_scale * (out_c[:, :g] - out_u[:, :g])  # eps_u + s (eps_c - eps_u)
+            eps = out_u[:, :g] + s * (out_c[:, :g] - out_u[:, :g])  # eps_u + s (eps_c - eps_u)
             out = torch.cat([eps, out_c[:, g:]], dim=1)  # unguided channels and variance: the conditional branch's
         if out.shape[0] != x.shape[0] or out.shape[2:] != x.shape[2:] or out.shape[1] not in (x.shape[1], 2 * x.shape[1]):
             raise ValueError(f"the network returned shape {tuple(out.shape)} for input {tuple(x.shape)}; an epsilon "

@@ -1,0 +1,127 @@
+"""Human-guided generation: what is kept is bit-identical to its uninterrupted run, and only what is kept costs NFEs."""
+import pytest
+import torch
+
+from nestedlib import Network
+from nestedlib.guided import Guided
+from nestedlib.pipelines import paper_samplers, prepare
+from nestedlib.sampling import run, sample_generators
+
+NFE, OUTER = 20, 5  # 5 outer steps of 4 inner DDPM steps each
+
+
+@pytest.fixture(scope="module")
+def model():
+    return prepare("mnist-dit", cond=[3] * 8, guidance_scale=1.5)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(model):
+    g = Guided(model, [3, 1, 4, 1, 5, 9, 2, 6], seed=0, total_nfe=NFE, outer=OUTER)
+    g.run()
+    return g
+
+
+def session(model, **kw):
+    return Guided(model, [3, 1, 4, 1, 5, 9, 2, 6], seed=0, total_nfe=NFE, outer=OUTER, **kw)
+
+
+def test_pruned_candidates_end_bit_identical_and_cost_only_what_is_kept(model, uninterrupted):
+    g = session(model)
+    g.run(2)
+    g.keep([0, 3, 5, 6])  # prune half of 8 after outer step 2
+    g.run()
+    assert torch.equal(g.x0(), uninterrupted.x0([0, 3, 5, 6]))
+    for i in (0, 3, 5, 6):  # every preview on the way, too
+        assert all(torch.equal(a, b) for a, b in zip(g.candidates[i].previews, uninterrupted.candidates[i].previews))
+    assert g.nfe["calls"] == uninterrupted.nfe["calls"] == NFE  # the same network calls (NFEs, as nestedlib counts)
+    assert uninterrupted.nfe["image_nfe"] == 8 * NFE and uninterrupted.nfe["saved"] == 0
+    assert g.nfe["image_nfe"] == 8 * 8 + 4 * 12  # 8 rows for 2 steps of 4 NFEs, then 4 rows for 3 steps
+    assert g.nfe["saved"] == 4 * 12 and g.nfe["planned_image_nfe"] == 8 * NFE
+    assert g.nfe["padded_rows"] == g.nfe["image_nfe"]  # micro-batches of 4: no padding needed here
+
+
+def test_uninterrupted_session_is_nestedlibs_run(model, uninterrupted):
+    """With nothing dropped, a session is `run` on the paper's nested sampler with per-sample streams."""
+    labelled = prepare("mnist-dit", cond=[3, 1, 4, 1, 5, 9, 2, 6], guidance_scale=1.5)
+    gens = sample_generators(0, range(8))
+    ref = run(paper_samplers(labelled, NFE, OUTER)["nested"], labelled.noise(gens), generator=gens)
+    assert torch.allclose(ref.x0, uninterrupted.x0(), atol=1e-5)  # per-row guidance vs one scale: same formula
+    assert ref.nfe == uninterrupted.nfe["calls"]
+
+
+def test_survivors_do_not_depend_on_how_many_are_left(model, uninterrupted):
+    """Pruned to one candidate (a batch of 1, padded to the micro-batch) and branched around: still the same bits."""
+    g = session(model)
+    g.run(1)
+    g.keep([2, 7])
+    g.branch(7, 3)  # two new streams beside candidate 7, which goes on with its own
+    g.run(1)
+    g.drop([2])
+    g.run()
+    assert torch.equal(g.x0([7]), uninterrupted.x0([7]))
+    assert g.nfe["padded_rows"] > g.nfe["image_nfe"]  # the cost of bit-identity: 3 rows padded to 4
+
+
+def test_reconditioned_candidate_equals_a_fresh_run_with_the_new_class(model, uninterrupted):
+    g = session(model)
+    g.run(2)
+    g.condition(4, label=8, guidance=3.0)  # candidate 4 was a 5
+    g.run()
+    before, after = g.candidates[4].previews, uninterrupted.candidates[4].previews
+    assert all(torch.equal(a, b) for a, b in zip(before[:2], after[:2]))  # the same up to the change
+    assert all(not torch.allclose(a, b, atol=1e-3) for a, b in zip(before[2:], after[2:]))  # different from then on
+    fresh = Guided(model, [5], indices=[4], seed=0, total_nfe=NFE, outer=OUTER)  # candidate 4 alone
+    fresh.run(2)
+    fresh.condition(4, label=8, guidance=3.0)
+    fresh.run()
+    assert torch.equal(fresh.x0(), g.x0([4]))
+    assert torch.equal(g.x0([0, 1, 2, 3, 5, 6, 7]), uninterrupted.x0([0, 1, 2, 3, 5, 6, 7]))  # the others unmoved
+
+
+def test_branches_are_deterministic_and_differ(model, uninterrupted):
+    def branched():
+        g = session(model)
+        g.run(3)
+        ids = g.branch(1, 3)
+        g.keep(ids)
+        g.run()
+        return g, ids
+
+    (a, ids), (b, _) = branched(), branched()
+    assert ids == [1, 8, 9] and [a.candidates[i].key for i in ids] == ["0:1", "0:1.1", "0:1.2"]
+    assert torch.equal(a.x0(), b.x0())  # the same choices give the same images
+    assert torch.equal(a.x0([1]), uninterrupted.x0([1]))  # the parent continues its own stream
+    x = a.x0()
+    assert not torch.allclose(x[0], x[1], atol=1e-3) and not torch.allclose(x[1], x[2], atol=1e-3)
+    assert a.nfe["planned_image_nfe"] == 8 * NFE + 2 * 8 and a.nfe["image_nfe"] == 8 * 12 + 3 * 8
+
+
+def test_per_row_guidance_is_the_same_formula():
+    fn = lambda x, t, c: x * (1 + c.reshape(-1, 1).to(x.dtype))  # noqa: E731
+    x, c, null = torch.randn(3, 2), torch.tensor([1, 2, 3]), torch.zeros(3, dtype=torch.long)
+    one = Network(fn, cond=c, null_cond=null, guidance_scale=2.5)(x, 10)
+    rows = Network(fn, cond=c, null_cond=null, guidance_scale=torch.tensor([2.5, 2.5, 2.5]))(x, 10)
+    assert torch.equal(one, rows)
+    with pytest.raises(ValueError, match="one per sample"):
+        Network(fn, cond=c, null_cond=null, guidance_scale=torch.tensor([2.5, 2.5]))(x, 10)
+
+
+def test_bad_input_says_what_to_do(model):
+    g = Guided(model, [3, 4], seed=0, total_nfe=NFE, outer=OUTER)
+    with pytest.raises(ValueError, match="unknown candidate id"):
+        g.drop([5])
+    with pytest.raises(ValueError, match="out of range"):
+        g.condition(0, label=10)
+    with pytest.raises(ValueError, match="out of range"):
+        Guided(model, [3, -1], total_nfe=NFE, outer=OUTER)
+    with pytest.raises(ValueError, match="n >= 1"):
+        g.branch(0, 0)
+    with pytest.raises(ValueError, match=">= 0"):
+        g.condition(0, guidance=-1)
+    with pytest.raises(ValueError, match="micro_batch"):
+        Guided(model, [3], micro_batch=0)
+    g.drop([0, 1])
+    with pytest.raises(ValueError, match="every candidate was dropped"):
+        g.step()
+    assert g.nfe["calls"] == 0 and g.nfe["saved"] == 2 * NFE
