@@ -125,3 +125,43 @@ def test_bad_input_says_what_to_do(model):
     with pytest.raises(ValueError, match="every candidate was dropped"):
         g.step()
     assert g.nfe["calls"] == 0 and g.nfe["saved"] == 2 * NFE
+
+
+def test_widget_driven_from_python(model, uninterrupted):
+    """Untick, re-class, branch and Continue as a person would; the thread leaves the kernel free."""
+    from nestedlib.guided_widget import GuidedWidget
+
+    w = GuidedWidget(session(model), render=lambda x0: b"\x89PNG\r\n\x1a\n" + bytes(16))
+    assert len(w.grid.children) == 8 and not w.continue_button.disabled
+    w.continue_button.click()
+    w.join(60)
+    assert w.session.step_index == 1 and w.progress.value == 4 and "4 network calls" in w.counter.value
+    for i in (1, 2, 3, 4):
+        w.panels[i]["keep"].value = False
+    w.panels[5]["class"].value, w.panels[6]["guidance"].value = 7, 4.0
+    w.panels[0]["branch"].click()  # candidate 8 appears
+    assert len(w.grid.children) == 9 and w.session.candidates[8].parent == 0
+    w.continue_button.click()
+    w.join(60)
+    s = w.session
+    assert s.alive == [0, 5, 6, 7, 8] and int(s.candidates[5].cond) == 7 and s.candidates[6].guidance == 4.0
+    assert w.panels[1]["keep"].disabled and "dropped before step 2" in w.panels[1]["label"].value
+    assert "saved" in w.counter.value and s.nfe["saved"] == 4 * 16 and f"{s.nfe['saved']} saved" in w.counter.value
+    while not s.done:
+        w.continue_button.click()
+        w.join(60)
+    assert w.continue_button.disabled and torch.equal(s.x0([0, 7]), uninterrupted.x0([0, 7]))
+
+
+def test_widget_stop_cuts_a_step_short(model):
+    from nestedlib.guided_widget import GuidedWidget
+
+    w = GuidedWidget(Guided(model, [3, 4], seed=0, total_nfe=NFE, outer=OUTER), render=lambda x0: b"")
+    w.stop()  # pressed before Continue: the session ends with nothing sampled
+    w.continue_button.click()
+    assert w.thread is None and w.continue_button.disabled and w.session.nfe["calls"] == 0
+    w2 = GuidedWidget(Guided(model, [3, 4], seed=0, total_nfe=NFE, outer=OUTER), render=lambda x0: b"")
+    w2._stop.set()  # Stop pressed while the step runs: it ends at the first inner event
+    w2.continue_button.click()
+    w2.join(60)
+    assert w2.stopped and w2.session.step_index == 0 and w2.session.nfe["calls"] == 1 and w2.error is None
