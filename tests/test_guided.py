@@ -165,3 +165,34 @@ def test_widget_stop_cuts_a_step_short(model):
     w2.continue_button.click()
     w2.join(60)
     assert w2.stopped and w2.session.step_index == 0 and w2.session.nfe["calls"] == 1 and w2.error is None
+
+
+def test_guided_chapter_claims(tmp_path):
+    """The chapter's claims, for 3 seeds (tests/test_notebooks.py's SMALL parameters)."""
+    from test_notebooks import execute
+
+    r = execute("guided", tmp_path)
+    p, r = r["parameters"], r["results"]
+    early, rest = r["early_nfe"], p["total_nfe"] - r["early_nfe"]
+    m, s = r["match_rate"], r["saving"]
+    names = ["vanilla DDPM", "nested, DDPM inner (paper)", "vanilla DDIM", "nested, DDIM inner"]
+    for seed in map(str, p["seeds"]):
+        at = {n: m[n][seed][str(early)] for n in names}
+        assert all(m[n][seed][str(p["total_nfe"])] == 1.0 for n in names)
+        # the paper's stochastic inner process: the first preview does not show the final digit (nor does DDPM's mean)
+        assert at["nested, DDPM inner (paper)"] < 0.4 and at["vanilla DDPM"] < 0.4
+        # a deterministic inner process: it mostly does, far more often than any other sampler's preview at 20 %
+        assert at["nested, DDIM inner"] >= 0.5 and all(at["nested, DDIM inner"] > at[n] + 0.15 for n in names[:3])
+        ok = s["nested, DDIM inner"][seed]
+        assert ok["per_good_pruned"] < 0.6 * ok["per_good_full"] and ok["recall"] >= 0.5  # pruning pays
+        for n in names[:2]:  # with the paper's DDPM samplers it costs more per good image than not pruning at all
+            bad = s[n][seed]
+            assert bad["per_good_pruned"] is None or bad["per_good_pruned"] > bad["per_good_full"]
+        for n in names[:3]:  # and with any other preview it keeps fewer good images, each at a higher price
+            bad = s[n][seed]
+            assert bad["recall"] < ok["recall"] - 0.15
+            assert bad["per_good_pruned"] is None or bad["per_good_pruned"] > 1.3 * ok["per_good_pruned"]
+    session, n = r["session"], r["session"]["nfe"]
+    dropped = p["n_candidates"] - len(session["final_classes"])
+    assert n["saved"] == dropped * rest and n["image_nfe"] + n["saved"] == n["planned_image_nfe"]
+    assert n["calls"] == p["total_nfe"]
