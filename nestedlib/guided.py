@@ -107,14 +107,18 @@ class Guided:
         base = model.network
         self.model, self.net = model, RowNetwork(base, micro_batch)
         self.null = None if base.null_cond is None else base.null_cond[:1]
-        self.num_classes = CLASSES.get(model.name, None if self.null is None else int(self.null.reshape(-1)[0]))
+        self.num_classes = CLASSES.get(model.name, int(self.null[0])) if model.kind == "dit" else None  # DiT: labels
         conds = [None] * model.shape[0] if base.cond is None else [base.cond[i:i + 1] for i in range(model.shape[0])]
         if labels is not None:
             conds = [self._label(label) for label in labels]
         indices = list(range(len(conds))) if indices is None else list(indices)
-        if len(indices) != len(conds) or not conds:
-            raise ValueError(f"give one index per candidate: {len(indices)} indices for {len(conds)} candidates")
+        if len(indices) != len(conds) or not conds or len(set(indices)) != len(indices):
+            raise ValueError(f"give one distinct index per candidate: {indices} for {len(conds)} candidates")
         w = float(base.guidance_scale) if guidance is None else float(guidance)
+        if not w >= 0.0:
+            raise ValueError(f"guidance scale must be a number >= 0 (1: no guidance), got {guidance!r}")
+        if build is None and sampler not in ("nested", "vanilla"):
+            raise ValueError(f"unknown sampler {sampler!r}; use 'nested' or 'vanilla' (paper_samplers), or build=")
         built = replace(model, network=self.net)
         self.process = build(built) if build else paper_samplers(built, total_nfe, outer)[sampler]
         self.grid = self.process.grid(model.schedule.num_timesteps - 1)
@@ -233,8 +237,9 @@ class Guided:
         return ids
 
     def _label(self, label) -> torch.Tensor:
-        if self.null is None:
-            raise ValueError(f"{self.model.name} is unconditional: it takes no class labels")
+        if self.num_classes is None:
+            raise ValueError(f"{self.model.name} takes no class labels; pass its condition row as cond= instead "
+                             "(e.g. a text embedding for Stable Diffusion)")
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < self.num_classes:
             raise ValueError(f"class {label!r} is out of range: {self.model.name} knows classes 0 to "
                              f"{self.num_classes - 1}")

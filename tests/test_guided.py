@@ -121,6 +121,10 @@ def test_bad_input_says_what_to_do(model):
         g.condition(0, guidance=-1)
     with pytest.raises(ValueError, match="micro_batch"):
         Guided(model, [3], micro_batch=0)
+    with pytest.raises(ValueError, match="distinct index"):
+        Guided(model, [3, 4], indices=[1, 1])
+    with pytest.raises(ValueError, match="unknown sampler"):
+        Guided(model, [3], sampler="nestd")
     g.drop([0, 1])
     with pytest.raises(ValueError, match="every candidate was dropped"):
         g.step()
