@@ -18,6 +18,7 @@ SMALL = {
     "train_your_own": dict(steps=150, n_samples=16, total_nfe=20),
     "algorithm2": dict(labels=list(range(10)) * 3, total_nfe=50, n_points=1000, outer_counts=[1, 5, 50]),
     "guided": dict(n_samples=20, seeds=[0, 1, 2]),
+    "text_to_image": dict(prompts=["a handwritten seven", "the digit 3"], split_outers=[4, 25], n_eval=20),
 }
 
 

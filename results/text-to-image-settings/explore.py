@@ -1,0 +1,103 @@
+"""Which settings give Nested Diffusion an early advantage on mnist-sd? 100 prompts x 3 seeds x 100 NFEs per setting.
+
+    OMP_NUM_THREADS=1 python results/text-to-image-settings/explore.py g4 100 > g4.log   # settings at w = 4
+    OMP_NUM_THREADS=1 python results/text-to-image-settings/explore.py g 100 > g.log     # guidance scales
+
+Each line of the output is one (setting, guidance, seed) row: prompt accuracy, FID and KID (nestedlib.metrics, the
+bundled classifier's features, against the 1,000 held-out digits) of the preview held after 10 to 100 % of the
+budget. Prompt i asks for digit i % 10 with the training template (i // 10) % 8; image i of seed s draws x_T from
+the stream (s, i) and the run's own noise from the stream (s + 1000, i).
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from diffusers import DPMSolverMultistepScheduler  # noqa: E402
+from torchmetrics.image.fid import FrechetInceptionDistance  # noqa: E402
+from torchmetrics.image.kid import KernelInceptionDistance  # noqa: E402
+
+from nestedlib import data  # noqa: E402
+from nestedlib.metrics import KID_FEATURE_SCALE, ClassifierFeatures, class_accuracy  # noqa: E402
+from nestedlib.models import load, prompts_for  # noqa: E402
+from nestedlib.pipelines import inner_from_scheduler, paper_samplers, prepare  # noqa: E402
+from nestedlib.sampling import nested, run, sample_generators, vanilla  # noqa: E402
+from nestedlib.schedules import split_budget  # noqa: E402
+
+torch.set_num_threads(1)
+group, n = sys.argv[1], int(sys.argv[2])
+seeds, total = [0, 1, 2], 100
+labels = [i % 10 for i in range(n)]
+prompts = [prompts_for(label)[i // 10 % 8] for i, label in enumerate(labels)]
+clf, held = load("mnist-classifier"), data.mnist("heldout")[0]
+target = torch.tensor(labels)
+stops = [10, 20, 40, 60, 80, 100]
+# nestedlib.metrics.fid / kid with the held-out features computed once
+FID = FrechetInceptionDistance(feature=ClassifierFeatures(clf), reset_real_features=False, sync_on_compute=False)
+KID = KernelInceptionDistance(feature=ClassifierFeatures(clf, KID_FEATURE_SCALE), subsets=50, subset_size=min(500, n),
+                              reset_real_features=False, sync_on_compute=False)
+FID.update(held, real=True)
+KID.update(held, real=True)
+
+
+def fid(images):
+    FID.reset()
+    FID.update(images, real=False)
+    return float(FID.compute())
+
+
+def kid(images):
+    KID.reset()
+    KID.update(images, real=False)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        return float(KID.compute()[0])
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def measure(res, decode):
+    out = {}
+    for k in stops:
+        if res.previews[0].nfe > k:
+            out[k] = None
+            continue
+        images = decode(res.at(k).x0)
+        out[k] = dict(acc=class_accuracy(clf, images, target), fid=fid(images), kid=kid(images))
+    return out
+
+
+# (name, guidance, None for vanilla DDIM or (outer steps, inner eta, inner solver))
+configs = {
+    "g4": [("nested25x4_eta0.85", 4.0, (25, 0.85, "ddim")), ("nested25x4_dpm", 4.0, (25, None, "dpm")),
+           ("nested10x10", 4.0, (10, 0.85, "ddim")), ("nested50x2", 4.0, (50, 0.85, "ddim")),
+           ("nested25x4_eta0", 4.0, (25, 0.0, "ddim"))],
+    "g": [("vanilla", 2.0, None), ("nested25x4_eta0.85", 2.0, (25, 0.85, "ddim")), ("vanilla", 7.5, None),
+          ("nested25x4_eta0.85", 7.5, (25, 0.85, "ddim")), ("vanilla", 4.0, None)],
+}[group]
+models = {}
+for name, g, spec in configs:
+    if g not in models:
+        models[g] = prepare("mnist-sd", cond=prompts, guidance_scale=g, preset="paper")
+    m = models[g]
+    if spec is None:
+        proc = paper_samplers(m, total)["vanilla"]
+    else:
+        outer, eta, kind = spec
+        if kind == "ddim":
+            inner = vanilla(m.network, m.schedule, split_budget(total, outer), transition="ddim", eta=eta, t_end=1,
+                            final_alpha_cumprod=m.schedule.abar(0))
+        else:
+            solver = DPMSolverMultistepScheduler(trained_betas=m.schedule.betas.numpy(), algorithm_type="dpmsolver++",
+                                                 solver_order=2)
+            inner = inner_from_scheduler(solver, m.network, split_budget(total, outer), t_end=1)
+        proc = nested(inner, outer)
+    for seed in seeds:
+        t0 = time.time()
+        res = run(proc, m.noise(sample_generators(seed, range(n))), generator=sample_generators(seed + 1000, range(n)))
+        row = dict(name=name, guidance=g, seed=seed, n=n, metrics=measure(res, m.decode), wall=time.time() - t0)
+        print(json.dumps(row), flush=True)
