@@ -17,6 +17,7 @@ SMALL = {
     "algorithm1": dict(n_samples=1500, steps=20, step_counts=[1, 2, 50]),
     "train_your_own": dict(steps=150, n_samples=16, total_nfe=20),
     "algorithm2": dict(labels=list(range(10)) * 3, total_nfe=50, n_points=1000, outer_counts=[1, 5, 50]),
+    "inverse": dict(n_images=8, seeds=[0, 1, 2], tasks=["inpaint", "sr4_noisy"], total_nfe=50, n_reference=200),
 }
 
 
