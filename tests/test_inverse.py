@@ -164,8 +164,7 @@ def test_inverse_chapter_claims(chapter):
             for k in chapter["checkpoints"]:
                 plain = _value(task, "nested_plain", k, "psnr")
                 assert plain < min(_value(task, "nested", k, "psnr"), _value(task, "ddrm", k, "psnr")), (seed, k)
-        assert all(_value(noisy, "nested_plain", k, "consistency") > _value(noisy, "ddrm", k, "consistency")
-                   for k in chapter["checkpoints"])
+        assert _value(noisy, "nested_plain", last, "consistency") > 2 * _value(noisy, "ddrm", last, "consistency")
     # where nested does not win: inpainting PSNR, DDRM ahead on average over seeds at every budget
     mean = chapter["mean"]["inpaint"]
     for k in chapter["checkpoints"]:
