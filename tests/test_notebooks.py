@@ -19,6 +19,7 @@ SMALL = {
     "algorithm2": dict(labels=list(range(10)) * 3, total_nfe=50, n_points=1000, outer_counts=[1, 5, 50]),
     "guided": dict(n_samples=20, seeds=[0, 1, 2]),
     "text_to_image": dict(prompts=["a handwritten seven", "the digit 3"], split_outers=[4, 25], n_eval=20),
+    "inverse": dict(n_images=8, seeds=[0, 1, 2], tasks=["inpaint", "sr4_noisy"], total_nfe=50, n_reference=200),
 }
 
 
