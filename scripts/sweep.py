@@ -251,7 +251,8 @@ def sample_cell(sampler: Sampler, budget: int, seed: int, mine: list[range], arg
 def reference_classifier(classifier, real):
     """The classifier, with the real set's features computed once: `metrics.fid` and `metrics.kid` feed the same
     1,000 held-out digits (in the same batches of 500) to it for every cell, which would cost more than sampling in
-    a small sweep. Features of any other input, e.g. generated digits, are computed as usual."""
+    a small sweep; the logits (the `logits` judge) are computed from the cached features. Features of any other input,
+    e.g. generated digits, are computed as usual."""
     import torch
     from torch import nn
 
@@ -269,8 +270,8 @@ def reference_classifier(classifier, real):
                 self.cache[key] = self.classifier.features(x)
             return self.cache[key]
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.classifier(x)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # logits from the cached features (eval: no dropout)
+            return self.head(self.classifier.dropout(self.features(x)))
 
     return Reference().eval()
 
