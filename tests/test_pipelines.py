@@ -29,6 +29,11 @@ def dit_pipe():
 
 @pytest.fixture(scope="module")
 def sd_pipe():
+    return tiny_sd_pipe()
+
+
+def tiny_sd_pipe(**scheduler_options):
+    """A StableDiffusionPipeline of tiny random components (seeded): scaled-linear DDIM, RGB 16 x 16 images."""
     torch.manual_seed(0)
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "seven</w>": 3, "digit</w>": 4, "!": 5}
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8)
@@ -39,7 +44,7 @@ def sd_pipe():
                                 block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
                                 attention_head_dim=2, norm_num_groups=4)
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, **scheduler_options)
     return StableDiffusionPipeline(vae=tiny_vae().eval(), text_encoder=text.eval(), tokenizer=tokenizer,
                                    unet=unet.eval(), scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)

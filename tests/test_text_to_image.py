@@ -3,34 +3,11 @@ seeds, and its Stable Diffusion 1.5 path, run offline on tiny random components.
 import json
 
 import nbformat
-import pytest
-import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from test_notebooks import ROOT, execute
-from test_pipelines import tiny_vae
+from test_pipelines import tiny_sd_pipe
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-
-
-def tiny_sd_pipe():
-    """A StableDiffusionPipeline of tiny random components (as tests/test_pipelines.py's `sd_pipe`)."""
-    torch.manual_seed(0)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "seven</w>": 3, "digit</w>": 4, "!": 5}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32,
-                                        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=8,
-                                        bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(8, 16), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-                                attention_head_dim=2, norm_num_groups=4)
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                              set_alpha_to_one=False)
-    return StableDiffusionPipeline(vae=tiny_vae().eval(), text_encoder=text.eval(), tokenizer=tokenizer,
-                                   unet=unet.eval(), scheduler=scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
 
 
 def test_the_stable_diffusion_path_runs_offline_on_tiny_components(tmp_path, monkeypatch):
@@ -41,7 +18,7 @@ def test_the_stable_diffusion_path_runs_offline_on_tiny_components(tmp_path, mon
     import nestedlib.models
 
     matplotlib.use("Agg")
-    pipe, real_load = tiny_sd_pipe(), nestedlib.models.load
+    pipe, real_load = tiny_sd_pipe(set_alpha_to_one=False), nestedlib.models.load
     monkeypatch.setattr(nestedlib.models, "load",
                         lambda name, *a, **k: pipe if name == SD15 else real_load(name, *a, **k))
     cells = [c for c in nbformat.read(ROOT / "notebooks" / "text_to_image.ipynb", as_version=4).cells
