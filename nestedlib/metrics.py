@@ -72,6 +72,28 @@ def fid(classifier: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(_feed(metric, real, fake).compute())
 
 
+class Reference:
+    """One real set, its features computed once, against which many generated sets are scored: FID (as `fid`, the
+    same torchmetrics computation, with `reset_real_features=False`) and class accuracy."""
+
+    def __init__(self, classifier: nn.Module, real: torch.Tensor):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        self.classifier = classifier
+        self.metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), reset_real_features=False,
+                                               sync_on_compute=False)
+        _feed(self.metric, real, real[:0])
+
+    def fid(self, fake: torch.Tensor) -> float:
+        """FID of `fake` against the reference set (Heusel et al. 2017); the reference features are reused."""
+        self.metric.reset()  # drops the generated features only
+        return float(_feed(self.metric, fake[:0], fake).compute())
+
+    def accuracy(self, fake: torch.Tensor, labels: torch.Tensor) -> float:
+        """Fraction of `fake` that the classifier reads as `labels` (`class_accuracy`)."""
+        return class_accuracy(self.classifier, fake, labels.to(fake.device))
+
+
 KID_FEATURE_SCALE = 0.1  # our features have E[phi^2] ~ 30; x 0.1 makes x.y/d ~ 0.3 in the cubic kernel, as with Inception
 
 

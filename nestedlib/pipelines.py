@@ -167,8 +167,12 @@ def prepare(name: str, cond: Any = None, guidance_scale: float | None = None, *,
     return replace(pixel_model(pipe, batch_size or 16, name), preset=preset)
 
 
-def paper_samplers(model: Model, total_nfe: int, outer: int | None = None) -> dict[str, Diffusion]:
+def paper_samplers(model: Model, total_nfe: int, outer: int | None = None,
+                   inner_steps: Sequence[int] | None = None) -> dict[str, Diffusion]:
     """The paper's vanilla and nested samplers at one total NFE budget, for a DiT-like or an SD-like model.
+
+    `inner_steps` gives nested one inner step count per outer step (e.g. `schedules.allocate`), summing to
+    total_nfe, in place of the even split total_nfe / outer.
 
     DiT (ImageNet settings): vanilla = DDPM with the learned variance, `total_nfe` steps respaced over [0, 999];
     nested = 5 outer DDIM steps, each an inner DDPM (learned variance) run over [0, t] of total_nfe / 5 steps.
@@ -189,10 +193,17 @@ def paper_samplers(model: Model, total_nfe: int, outer: int | None = None) -> di
     vanilla Stable Diffusion sampler; vanilla is DDIM (eta = 0) over round(linspace(1, 999)), ending at x̂_0.
     """
     net, sched = model.network, model.schedule
+    if inner_steps is not None:
+        inner_steps = [int(k) for k in inner_steps]
+        if sum(inner_steps) != total_nfe or (outer is not None and outer != len(inner_steps)):
+            raise ValueError(f"inner_steps {inner_steps} spend {sum(inner_steps)} NFEs over {len(inner_steps)} outer "
+                             f"steps; they must sum to total_nfe={total_nfe} (and have outer={outer} entries)")
+        outer = len(inner_steps)
     if model.kind == "sd":
         outer = outer or 25
+        split = inner_steps or split_budget(total_nfe, outer)
         end = sched.abar(0) if model.preset == "paper" else 1.0  # the authors' inner DDIM ends at t = 0, not at x̂_0
-        inner = vanilla(net, sched, split_budget(total_nfe, outer), transition="ddim", eta=0.85, t_end=1,
+        inner = vanilla(net, sched, split, transition="ddim", eta=0.85, t_end=1,
                         final_alpha_cumprod=end)
         samplers = {"vanilla": vanilla(net, sched, total_nfe, transition="ddim", t_end=1),
                     "nested": nested(inner, outer)}
@@ -200,7 +211,7 @@ def paper_samplers(model: Model, total_nfe: int, outer: int | None = None) -> di
         outer = outer or 5
         kw = dict(transition="ddpm", learned_variance=model.learned_variance,
                   spacing="space_timesteps" if model.preset == "paper" else "linspace")
-        inner = vanilla(net, sched, split_budget(total_nfe, outer), **kw)
+        inner = vanilla(net, sched, inner_steps or split_budget(total_nfe, outer), **kw)
         samplers = {"vanilla": vanilla(net, sched, total_nfe, **kw),
                     "nested": nested(inner, outer, spacing=kw["spacing"])}
     samplers["nested"].nfe(sched.num_timesteps - 1)  # every inner grid fits under its outer t, or a clear error now

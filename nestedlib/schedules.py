@@ -140,3 +140,38 @@ def split_budget(total_nfe: int, outer: int) -> int:
             f"(e.g. {lo} or {lo + outer}), or pass a list of inner steps per outer step that sums to {total_nfe}."
         )
     return total_nfe // outer
+
+
+ALLOCATIONS = ("uniform", "front", "back", "geometric")
+
+
+def allocate(total_nfe: int, outer: int, shape: str = "uniform", ratio: float | None = None) -> list[int]:
+    """Inner steps per outer step (a non-uniform R_ND split): counts = total_nfe w_j / sum(w) for weights w_j, rounded
+    by largest remainders so that they sum to total_nfe exactly, each at least 1.
+
+    "uniform": w_j = 1 (`split_budget`, when it divides); "front": linear from `ratio` (default 3) times the last
+    count down to it, so the first outer step gets the most; "back": the same reversed; "geometric": w_j = ratio^j
+    (default 2, the doubling schedule of anytime algorithms: each outer step costs twice the one before).
+    """
+    for name, v in (("total_nfe", total_nfe), ("outer", outer)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if outer > total_nfe:
+        raise ValueError(f"{outer} outer steps need at least {outer} NFEs (one inner step each), got {total_nfe}")
+    if shape not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation {shape!r}; choose one of {ALLOCATIONS}")
+    r = {"uniform": 1.0, "front": 3.0, "back": 3.0, "geometric": 2.0}[shape] if ratio is None else float(ratio)
+    if not r > 0:
+        raise ValueError(f"ratio must be positive, got {ratio!r}")
+    if shape == "back":
+        return allocate(total_nfe, outer, "front", r)[::-1]
+    j = np.arange(outer, dtype=np.float64)
+    ramp = j / (outer - 1) if outer > 1 else j
+    w = {"uniform": np.ones(outer), "front": r + (1.0 - r) * ramp, "geometric": r**j}[shape]
+    raw = total_nfe * w / w.sum()
+    counts = np.maximum(np.floor(raw).astype(int), 1)
+    while counts.sum() > total_nfe:  # steps raised to 1 are paid for by the largest count
+        counts[np.argmax(counts)] -= 1
+    order = np.argsort(-(raw - np.floor(raw)), kind="stable")  # largest remainders first, ties to the earlier step
+    counts[order[: total_nfe - counts.sum()]] += 1
+    return counts.tolist()
