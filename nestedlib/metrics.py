@@ -114,19 +114,30 @@ def kid(classifier: nn.Module, real: torch.Tensor, fake: torch.Tensor, subsets: 
     return float(mean), float(std)
 
 
-def real_floor(classifier: nn.Module, n: int = 1000, seed: int = 0, n_real: int | None = None) -> dict[str, float]:
+def real_floor(classifier: nn.Module, n: int = 1000, seed: int = 0, n_real: int | None = None,
+               balanced: bool = False) -> dict[str, float]:
     """Real-vs-real floor: FID/KID of n training digits (seeded draw) vs n_real held-out digits (default n).
 
     Give n_real the size of the reference set that the generated digits were compared with (all 1,000 held-out
-    digits in the sweep): FID's small-sample bias depends on both set sizes, so the floor must match both."""
+    digits in the sweep): FID's small-sample bias depends on both set sizes, so the floor must match both.
+    balanced=True draws n / 10 training digits of each class, as generated sets whose sample i asks for digit
+    i % 10 hold them; a random draw of a few dozen digits is unbalanced, which puts its "floor" above such sets."""
     n_real = n if n_real is None else n_real
     device = next(classifier.parameters()).device  # the digits go where the classifier is
-    x_train, x_held = data.mnist("train")[0].to(device), data.mnist("heldout")[0].to(device)
+    (x_train, y_train), x_held = data.mnist("train"), data.mnist("heldout")[0].to(device)
     if not (2 <= n <= len(x_train) and 2 <= n_real <= len(x_held)):
         raise ValueError(f"real_floor compares n = {n} of the {len(x_train)} training digits with n_real = {n_real} "
                          f"of the {len(x_held)} held-out digits; pick sizes within those (at least 2)")
+    if balanced and n % 10:
+        raise ValueError(f"a balanced floor draws n / 10 digits of each class; n = {n} is not a multiple of 10")
     g = torch.Generator().manual_seed(seed)
-    a = x_train[torch.randperm(len(x_train), generator=g)[:n].to(device)]
+    if balanced:
+        pick = torch.cat([torch.nonzero(y_train == c).flatten()[torch.randperm(int((y_train == c).sum()), generator=g)[: n // 10]]
+                          for c in range(10)])
+    else:
+        pick = torch.randperm(len(x_train), generator=g)[:n]
+    a = x_train[pick].to(device)
     b = x_held[torch.randperm(len(x_held), generator=g)[:n_real].to(device)]
     k_mean, k_std = kid(classifier, b, a, seed=seed)
-    return {"fid": fid(classifier, b, a), "kid": k_mean, "kid_std": k_std, "n": n, "n_real": n_real}
+    return {"fid": fid(classifier, b, a), "kid": k_mean, "kid_std": k_std, "n": n, "n_real": n_real,
+            **({"balanced": True} if balanced else {})}

@@ -174,4 +174,6 @@ def allocate(total_nfe: int, outer: int, shape: str = "uniform", ratio: float | 
         counts[np.argmax(counts)] -= 1
     order = np.argsort(-(raw - np.floor(raw)), kind="stable")  # largest remainders first, ties to the earlier step
     counts[order[: total_nfe - counts.sum()]] += 1
+    if np.all(np.diff(w) > 0) or np.all(np.diff(w) < 0):  # rounding must not break the order of the weights
+        counts[np.argsort(w, kind="stable")] = np.sort(counts)
     return counts.tolist()
