@@ -108,3 +108,36 @@ def real_floor(classifier: nn.Module, n: int = 1000, seed: int = 0, n_real: int 
     b = x_held[torch.randperm(len(x_held), generator=g)[:n_real].to(device)]
     k_mean, k_std = kid(classifier, b, a, seed=seed)
     return {"fid": fid(classifier, b, a), "kid": k_mean, "kid_std": k_std, "n": n, "n_real": n_real}
+
+
+def distances(classifier: nn.Module, real: torch.Tensor, fakes: dict, seed: int = 0, subsets: int = 50,
+              subset_size: int = 500) -> dict:
+    """`fid` and `kid` of many generated sets against one reference set, whose features are computed only once
+    (torchmetrics' reset_real_features=False): {key: {"fid", "kid", "kid_std"}}, equal to calling fid and kid per set."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    out = {}
+    f = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), sync_on_compute=False,
+                                 reset_real_features=False)
+    k = {}  # one KID metric per subset size (it is fixed at construction)
+    _feed(f, real, real[:0])
+    state = torch.random.get_rng_state()
+    try:
+        for key, fake in fakes.items():
+            size = min(subset_size, len(real), len(fake))
+            if size not in k:
+                k[size] = KernelInceptionDistance(feature=ClassifierFeatures(classifier, KID_FEATURE_SCALE),
+                                                  subsets=subsets, subset_size=size, sync_on_compute=False,
+                                                  reset_real_features=False)
+                _feed(k[size], real, real[:0])
+            _feed(f, fake[:0], fake)
+            _feed(k[size], fake[:0], fake)
+            torch.manual_seed(seed)  # torchmetrics draws KID subsets from the global RNG: as in `kid`
+            mean, std = k[size].compute()
+            out[key] = {"fid": float(f.compute()), "kid": float(mean), "kid_std": float(std)}
+            f.reset()
+            k[size].reset()
+    finally:
+        torch.random.set_rng_state(state)
+    return out
