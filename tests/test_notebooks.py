@@ -23,6 +23,7 @@ SMALL = {
     "text_to_image": dict(prompts=["a handwritten seven", "the digit 3"], split_outers=[4, 25], n_eval=20),
     "inverse": dict(n_images=8, seeds=[0, 1, 2], tasks=["inpaint", "sr4_noisy"], total_nfe=50, n_reference=200),
     "table1": dict(n=TABLE1_N, seeds=[0, 1, 2], tradeoff_outer=[1, 5, 100], grid_digits=4),
+    "previews": dict(n=20, seeds=[0, 1, 2], total_nfe=50, vanilla_every=10, timing_repeats=3),
 }
 
 
