@@ -87,6 +87,8 @@ class PreviewDecoders(nn.Module):
 
 
 def _clamped(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A cheap decoder as `model.decode` is: latents -> images clamped to [-1, 1], no autograd graph."""
+
     @torch.no_grad()
     def decode(z: torch.Tensor) -> torch.Tensor:
         return net(z.float()).clamp(-1, 1)
