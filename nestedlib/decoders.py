@@ -47,10 +47,10 @@ def fit_linear(latents: torch.Tensor, images: torch.Tensor, patch: int = PATCH,
                          f"give one image of {h * patch}x{w * patch} pixels per latent")
     out = images.shape[1]
     z = latents.double().permute(0, 2, 3, 1).reshape(-1, c)  # one row per latent pixel: its C channels
-    design = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)  # [z, 1]: affine
+    design = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype, device=z.device)], 1)  # [z, 1]: affine
     target = F.pixel_unshuffle(images.double(), patch).permute(0, 2, 3, 1).reshape(-1, out * patch**2)  # its patch
     a = torch.linalg.lstsq(design, target, driver="gelsd").solution  # (C + 1, out P^2)
-    dec = LinearDecoder(c, out, patch).to(dtype)  # float32 to ship; float64 keeps the solution exactly
+    dec = LinearDecoder(c, out, patch).to(latents.device, dtype)  # float32 to ship; float64 keeps it exactly
     dec.conv.weight.copy_(a[:c].T.reshape(out * patch**2, c, 1, 1))
     dec.conv.bias.copy_(a[c])
     return dec.eval()
