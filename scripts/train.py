@@ -256,7 +256,9 @@ def train_tiny_decoder(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool,
     pairs = decoder_training_set(vae, dit_pipe, torch.Generator().manual_seed(cfg.seed + 1))
     z = torch.cat([pairs["clean"], pairs["preview"]])
     target = torch.cat([pairs["clean_images"], pairs["preview_images"]])
-    net = TinyDecoder(width=8 if tiny else 32)
+    with torch.random.fork_rng():  # initial weights from the run's seed; the global RNG is left as it was
+        torch.manual_seed(cfg.seed)
+        net = TinyDecoder(width=8 if tiny else 32)
 
     def step(model, g):
         idx = T.batches(len(z), batch, g)
