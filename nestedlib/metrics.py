@@ -73,21 +73,44 @@ def fid(classifier: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> float:
 
 
 class Reference:
-    """One real set, its features computed once, against which many generated sets are scored: FID (as `fid`, the
-    same torchmetrics computation, with `reset_real_features=False`) and class accuracy."""
+    """One real set, its features computed once, against which many generated sets are scored: FID and KID (the same
+    torchmetrics computations as `fid` and `kid`, with `reset_real_features=False`) and class accuracy."""
 
-    def __init__(self, classifier: nn.Module, real: torch.Tensor):
+    def __init__(self, classifier: nn.Module, real: torch.Tensor, kid_subsets: int = 50, kid_subset_size: int = 500):
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        self.classifier = classifier
+        self.classifier, self.real = classifier, real
+        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
         self.metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), reset_real_features=False,
                                                sync_on_compute=False)
         _feed(self.metric, real, real[:0])
+        self._kid = {}  # one KID metric per subset size, which torchmetrics fixes at construction
 
     def fid(self, fake: torch.Tensor) -> float:
         """FID of `fake` against the reference set (Heusel et al. 2017); the reference features are reused."""
         self.metric.reset()  # drops the generated features only
         return float(_feed(self.metric, fake[:0], fake).compute())
+
+    def kid(self, fake: torch.Tensor, seed: int = 0) -> dict[str, float]:
+        """KID of `fake` as `kid` computes it (subsets drawn with `seed`): {"kid", "kid_std"}."""
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        size = min(self.kid_subset_size, len(self.real), len(fake))
+        if size not in self._kid:
+            self._kid[size] = KernelInceptionDistance(
+                feature=ClassifierFeatures(self.classifier, KID_FEATURE_SCALE), subsets=self.kid_subsets,
+                subset_size=size, sync_on_compute=False, reset_real_features=False)
+            _feed(self._kid[size], self.real, self.real[:0])
+        metric = self._kid[size]
+        metric.reset()
+        _feed(metric, fake[:0], fake)
+        state = torch.random.get_rng_state()  # torchmetrics draws its subsets from the global RNG: as in `kid`
+        torch.manual_seed(seed)
+        try:
+            mean, std = metric.compute()
+        finally:
+            torch.random.set_rng_state(state)
+        return {"kid": float(mean), "kid_std": float(std)}
 
     def accuracy(self, fake: torch.Tensor, labels: torch.Tensor) -> float:
         """Fraction of `fake` that the classifier reads as `labels` (`class_accuracy`)."""
@@ -141,3 +164,11 @@ def real_floor(classifier: nn.Module, n: int = 1000, seed: int = 0, n_real: int 
     k_mean, k_std = kid(classifier, b, a, seed=seed)
     return {"fid": fid(classifier, b, a), "kid": k_mean, "kid_std": k_std, "n": n, "n_real": n_real,
             **({"balanced": True} if balanced else {})}
+
+
+def distances(classifier: nn.Module, real: torch.Tensor, fakes: dict, seed: int = 0, subsets: int = 50,
+              subset_size: int = 500) -> dict:
+    """`fid` and `kid` of many generated sets against one reference set (`Reference`: its features once):
+    {key: {"fid", "kid", "kid_std"}}, equal to calling fid and kid per set."""
+    ref = Reference(classifier, real, kid_subsets=subsets, kid_subset_size=subset_size)
+    return {key: {"fid": ref.fid(fake), **ref.kid(fake, seed)} for key, fake in fakes.items()}

@@ -69,6 +69,8 @@ REGISTRY: dict[str, ModelInfo] = {
         ModelInfo("mnist-vae", "bundled", "latent autoencoder 1x32x32 -> 4x8x8 shared by mnist-dit and mnist-sd",
                   key="vae"),
         ModelInfo("mnist-classifier", "bundled", "evaluation classifier (accuracy and FID features)", key="classifier"),
+        ModelInfo("mnist-tiny-decoder", "bundled", "cheap preview decoders of mnist-vae latents: a least-squares "
+                  "linear map and a distilled tiny conv decoder", key="tiny-decoder"),
         ModelInfo("facebook/DiT-XL-2-256", "hub", "DiT-XL/2 at 256 px on ImageNet (the paper's model)",
                   stand_in="mnist-dit"),
         ModelInfo("stable-diffusion-v1-5/stable-diffusion-v1-5", "hub", "Stable Diffusion 1.5 (the paper's text model)",
@@ -200,6 +202,17 @@ def _load_classifier(folder: Path) -> DigitClassifier:
     return model.eval()
 
 
+def _load_preview_decoders(folder: Path):
+    """Rebuild the linear and tiny preview decoders (nestedlib.decoders) from config.json and model.safetensors."""
+    from safetensors.torch import load_file
+
+    from .decoders import PreviewDecoders
+
+    model = PreviewDecoders(**json.loads((folder / "config.json").read_text()))
+    model.load_state_dict({k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()})
+    return model.eval()
+
+
 def _hub_error(name: str, err: Exception | None) -> HubOfflineError:
     """The error of a hub model requested offline: says so and names the bundled stand-in."""
     stand_in = REGISTRY[name].stand_in
@@ -243,6 +256,8 @@ def load(name: str, device: str | torch.device = "cpu", root: str | os.PathLike 
     verify_checksums(folder, name)
     if name == "mnist-classifier":
         return _load_classifier(folder).to(device)
+    if name == "mnist-tiny-decoder":
+        return _load_preview_decoders(folder).to(device)
     from diffusers import AutoencoderKL, DDPMPipeline, DiTPipeline, StableDiffusionPipeline
 
     from diffusers.utils import logging as diffusers_logging

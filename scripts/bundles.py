@@ -211,3 +211,44 @@ def write_checksums(folder: Path) -> Path:
     lines = [f"{models.file_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in files]
     (folder / models.SUMS_FILE).write_text("\n".join(lines) + "\n")
     return folder / models.SUMS_FILE
+
+
+# ----------------------------------------------------------------------------------------------
+# The preview decoders' data: latents as the samplers see them, and the VAE decoder's images of them
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def preview_latents(dit_pipe, z0: torch.Tensor, labels: torch.Tensor, g: torch.Generator, chunk: int = 50,
+                    guidance: float | None = None) -> torch.Tensor:
+    """Vanilla previews x̂_0 = E[z_0 | z_t] (DDPM eq. 15) of clean latents z0: z_t = sqrt(abar) z0 + sqrt(1-abar) eps
+    with one t ~ U{0..999} per chunk, through the DiT (paper preset, its book guidance scale)."""
+    from nestedlib import Schedule
+    from nestedlib.pipelines import GUIDANCE, dit_model
+    from nestedlib.sampling import predict_x0
+
+    schedule = Schedule.linear()  # mnist-dit's chain
+    scale = GUIDANCE["mnist-dit"] if guidance is None else guidance
+    out = []
+    for i in range(0, len(z0), chunk):
+        z, y = z0[i : i + chunk], labels[i : i + chunk]
+        t = int(torch.randint(0, schedule.num_timesteps, (1,), generator=g))
+        zt = schedule.add_noise(z, t, torch.randn(z.shape, generator=g))
+        net = dit_model(dit_pipe, y, scale, preset="paper").network
+        out.append(predict_x0(zt, net(zt, t)[:, : z.shape[1]], schedule.abar(t)))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def vae_images(vae, z: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """D(z) clamped to [-1, 1]: the full decoder's images (scaling_factor 1), the preview decoders' targets."""
+    return torch.cat([vae.decode(z[i : i + batch]).sample.clamp(-1, 1) for i in range(0, len(z), batch)])
+
+
+def save_preview_decoders(decoders, folder: Path) -> None:
+    """Save nestedlib.decoders.PreviewDecoders as model.safetensors + config.json (what `models.load` rebuilds)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in decoders.state_dict().items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(decoders.config, indent=2) + "\n")

@@ -6,6 +6,7 @@
     python scripts/evaluate.py sd           # 1,000 prompts, 50-step DDIM, guidance 4
     python scripts/evaluate.py digits8      # 1,000 unconditional samples, 250-step DDPM
     python scripts/evaluate.py pixel        # 1,000 unconditional samples, 100-step DDPM (--device cuda: faster)
+    python scripts/evaluate.py tiny-decoder # held-out latents: error against the VAE decoder, accuracy, cost
 
 Writes data/<name>/metrics.json, data/<name>/samples.png and data/<name>/MODEL_CARD.md
 (options: --n N samples, --seed S, --guidance G, --print-only). A model is named by its key (above) or its registry
@@ -265,6 +266,49 @@ def evaluate_pixel(n: int, seed: int, steps: int = 100, device: str = "cpu") -> 
     return m, imgs[:100].cpu()
 
 
+def evaluate_tiny_decoder(n: int, seed: int) -> tuple[dict, torch.Tensor]:
+    """The preview decoders on held-out latents (clean and vanilla previews): L1/MSE against the full VAE decoder's
+    images, classifier accuracy on their decodes, and their cost (median ms, one thread) beside the VAE's."""
+    import train as TR  # noqa: PLC0415 (train imports this module)
+    from nestedlib.decoders import preview_decoder
+    from nestedlib.pipelines import prepare
+
+    clf, vae, dit = models.load("mnist-classifier"), models.load("mnist-vae"), models.load("mnist-dit")
+    pairs = TR.decoder_training_set(vae, dit, torch.Generator().manual_seed(seed), split="heldout")
+    model = prepare("mnist-dit", cond=[0])
+    dec = {name: preview_decoder(model, name) for name in ("vae", "linear", "tiny")}
+    n_mu = len(pairs["clean"]) // 2  # the posterior means come first
+    m: dict = {"heldout_latents": {"clean": len(pairs["clean"]), "preview": len(pairs["preview"])}, "seed": seed,
+               "torch_threads": torch.get_num_threads()}
+    read_vae = metrics.predict(clf, pairs["preview_images"])
+    for name in ("linear", "tiny"):
+        clean, prev = dec[name](pairs["clean"]), dec[name](pairs["preview"])
+        m[name] = {"l1_vs_vae_clean": float((clean - pairs["clean_images"]).abs().mean()),
+                   "mse_vs_vae_clean": float(((clean - pairs["clean_images"]) ** 2).mean()),
+                   "l1_vs_vae_preview": float((prev - pairs["preview_images"]).abs().mean()),
+                   "mse_vs_vae_preview": float(((prev - pairs["preview_images"]) ** 2).mean()),
+                   "accuracy_on_decoded_means": accuracy(clf, clean[:n_mu], pairs["clean_labels"][:n_mu]),
+                   "previews_read_as_vae_reads_them": float((metrics.predict(clf, prev) == read_vae).float().mean())}
+    m["vae"] = {"accuracy_on_decoded_means": accuracy(clf, pairs["clean_images"][:n_mu], pairs["clean_labels"][:n_mu])}
+    for name, f in dec.items():
+        for b in (1, 100):
+            z = pairs["clean"][:b]
+            f(z)  # warm-up
+            times = []
+            for _ in range(21):
+                t0 = time.perf_counter()
+                f(z)
+                times.append(time.perf_counter() - t0)
+            m[name][f"ms_batch_{b}"] = round(1000 * sorted(times)[10], 3)
+    m["parameters"] = {k: sum(p.numel() for p in getattr(models.load("mnist-tiny-decoder"), k).parameters())
+                       for k in ("linear", "tiny")}
+    first = [int((pairs["clean_labels"][:n_mu] == c).nonzero()[0]) for c in range(10)]
+    prev = list(range(0, 500, 50))  # ten chunks: ten different t
+    grid = torch.cat([pairs["clean_images"][first], dec["linear"](pairs["clean"][first]), dec["tiny"](pairs["clean"][first]),
+                      pairs["preview_images"][prev], dec["linear"](pairs["preview"][prev]), dec["tiny"](pairs["preview"][prev])])
+    return m, grid
+
+
 CARD_INTRO = {
     "mnist-classifier": "Evaluation network: a small CNN classifier of 32x32 MNIST digits. Its penultimate "
                         "128-d layer is the feature space of the book's FID/KID (torchmetrics, `feature=`), and "
@@ -288,6 +332,15 @@ CARD_INTRO = {
                    "attention at 8x8, dropout 0.1) on 32x32 MNIST pixels with DDPM's linear betas: the pixel-space "
                    "model of the inverse-problems chapter, where a measurement y = A x is taken of the image itself. "
                    "Trained with random shifts of up to 2 pixels. Loads as a `DDPMPipeline`.",
+    "mnist-tiny-decoder": "Cheap preview decoders of mnist-vae's normalised 4x8x8 latents (`nestedlib.decoders`), "
+                          "stand-ins for the previews popular tools show: `linear`, an affine map of each latent "
+                          "pixel's 4 channels to the 4x4 pixels above it (a 1x1 conv 4 -> 16 and a pixel shuffle, "
+                          "80 numbers) fitted in closed form by least squares (float64) to the full decoder's images "
+                          "of the clean training latents (ComfyUI's latent2rgb idea); and `tiny`, a 5-conv network "
+                          "(width 32, pixel-shuffle output) distilled with an L1 loss to the full decoder's images of "
+                          "clean training latents *and* of mnist-dit's vanilla previews E[z_0 | z_t] at random t (the "
+                          "TAESD idea), so that early, blurry previews, which lie off the clean latents, decode as the "
+                          "VAE decodes them. Loads as `nestedlib.decoders.PreviewDecoders` (`.linear`, `.tiny`).",
 }
 
 
@@ -298,6 +351,9 @@ CAPTIONS = {
     "mnist-sd": "Samples of the evaluation run (first 10 of each prompted digit, one digit per row).",
     "digits8": "The first 100 unconditional samples of the evaluation run.",
     "mnist-pixel": "The first 100 unconditional samples of the evaluation run.",
+    "mnist-tiny-decoder": "Held-out latents decoded three ways. Rows 1-3: one clean latent per class through the "
+                          "VAE decoder, the linear map and the tiny decoder. Rows 4-6: ten vanilla previews, each at its own random "
+                          "t (some early and blurry, some late), the same three ways.",
 }
 
 
@@ -335,7 +391,7 @@ def write_card(name: str, m: dict, folder: Path) -> Path:
 
 
 EVALUATE = {"classifier": evaluate_classifier, "vae": evaluate_vae, "dit": evaluate_dit, "sd": evaluate_sd,
-            "digits8": evaluate_digits8, "pixel": evaluate_pixel}  # by registry key
+            "digits8": evaluate_digits8, "pixel": evaluate_pixel, "tiny-decoder": evaluate_tiny_decoder}  # by registry key
 
 
 def main(argv: list[str] | None = None) -> None:

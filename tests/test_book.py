@@ -146,7 +146,7 @@ def frame_widths(driver) -> list[tuple[float, int]]:
     )
 
 
-SLIDER_PAGES = ["quickstart", "algorithm2", "train_your_own", "guided", "inverse"]
+SLIDER_PAGES = ["quickstart", "algorithm2", "train_your_own", "guided", "inverse", "previews"]
 PHONE = 390  # CSS pixels: the width of a common phone
 
 

@@ -156,7 +156,8 @@ def test_real_floor_compares_the_sizes_it_is_given_and_refuses_sizes_it_cannot_d
 
 SHIPPED_CLASS = {"mnist-dit": "DiTPipeline", "mnist-sd": "StableDiffusionPipeline", "digits8": "DDPMPipeline",
                  "mnist-pixel": "DDPMPipeline",
-                 "mnist-vae": "AutoencoderKL", "mnist-classifier": "DigitClassifier"}
+                 "mnist-vae": "AutoencoderKL", "mnist-classifier": "DigitClassifier",
+                 "mnist-tiny-decoder": "PreviewDecoders"}
 
 
 @pytest.mark.parametrize("name", BUNDLED)

@@ -24,6 +24,7 @@ SMALL = {
     "inverse": dict(n_images=8, seeds=[0, 1, 2], tasks=["inpaint", "sr4_noisy"], total_nfe=50, n_reference=200),
     "table1": dict(n=TABLE1_N, seeds=[0, 1, 2], tradeoff_outer=[1, 5, 100], grid_digits=4),
     "anytime": dict(budget=50, n=20, seeds=[0, 1, 2], samplers=["vanilla", "nested 5x10", "back 5", "geometric 5"]),
+    "previews": dict(n=20, seeds=[0, 1, 2], total_nfe=50, vanilla_every=10, timing_repeats=3),
 }
 
 
