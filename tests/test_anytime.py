@@ -185,6 +185,13 @@ def test_committed_report_allocation_claims():
         assert np.all(per_seed(curves, "geometric 5", law) < base[law]), law
     final = np.exp(per_seed(curves, "geometric 5", "end")).mean() / np.exp(base["end"]).mean()
     assert final <= 1.05
+    # budget 250 (report250.json, no search): the doubling rule beats 5 x 50 under the three laws that weigh previews
+    # (smallest paired gap 0.06, late law), front-loading loses to it (smallest gap 0.14)
+    curves250 = list(json.loads((RESULTS / "report250.json").read_text())["curves"].values())
+    assert sorted({c["seed"] for c in curves250}) == [3, 4, 5] and {c["budget"] for c in curves250} == {250}
+    for law in ("early", "uniform", "late"):
+        even = per_seed(curves250, "nested 5x50", law)
+        assert np.all(per_seed(curves250, "geometric 5", law) < even) and np.all(per_seed(curves250, "front 5", law) > even)
     # the paper's split beats vanilla under the uniform law on every seed (paired log-differences 0.11 to 0.27);
     # under the early law the sign depends on n (see the chapter), so nothing is claimed there
     assert np.all(per_seed(curves, "vanilla", "uniform") > base["uniform"])
