@@ -105,24 +105,23 @@ def samplers(model, budget: int, specs: Sequence[str]) -> dict[str, Diffusion]:
     out = {}
     for spec in specs:
         words = spec.split()
-        try:
-            if words == ["vanilla"]:
-                out[spec] = paper_samplers(model, budget, outer=1)["vanilla"]
-                continue
+        if words == ["vanilla"]:
+            out[spec] = paper_samplers(model, budget, outer=1)["vanilla"]
+            continue
+        try:  # read the inner step counts; building the sampler below checks them against the budget
             if words[0] == "nested" and len(words) == 2:
                 o, i = (int(v) for v in words[1].split("x"))
                 counts = [i] * o
             elif words[0] in ALLOCATIONS and len(words) in (2, 3):
-                ratio = float(words[2].removeprefix("r")) if len(words) == 3 else None
-                counts = allocate(budget, int(words[1]), words[0], ratio)
+                shape = (int(words[1]), words[0], float(words[2].removeprefix("r")) if len(words) == 3 else None)
+                counts = None
             elif words[0] == "counts" and len(words) == 2:
                 counts = [int(v) for v in words[1].split(",")]
             else:
                 raise ValueError
-        except ValueError as err:
-            if "inner_steps" in str(err) or "outer steps" in str(err):
-                raise
+        except (ValueError, IndexError):
             raise ValueError(f"cannot read the sampler {spec!r}; write 'vanilla', 'nested 5x20', 'front 5', "
                              "'geometric 5 r0.5' or 'counts 3,6,13,26,52'") from None
+        counts = allocate(budget, *shape) if counts is None else counts
         out[spec] = paper_samplers(model, budget, inner_steps=counts)["nested"]
     return out
