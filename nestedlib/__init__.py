@@ -2,8 +2,8 @@
 from .schedules import CLEAN, Schedule, outer_timesteps, split_budget, timesteps
 from .transitions import DDIM, DDPM
 from .sampling import (
-    Diffusion, Estimate, Event, LearnedVariance, Network, NetworkMean, Result, StopSampling, nested, run,
-    sample_generators, vanilla,
+    Diffusion, Estimate, Event, LearnedVariance, Network, NetworkMean, NFECounter, Result, StopSampling, counting_nfe,
+    nested, run, sample_generators, stream, vanilla,
 )
 
 __version__ = "0.1.0"

@@ -4,7 +4,7 @@ branches one into several continuations, and sampling goes on. Only what is kept
 
 The state between outer steps is, per candidate, (x_t, its random stream, its condition, its guidance scale); all
 candidates sit at the same outer t. `Guided.step` is one pass of Algorithm 1's loop over the outer process
-(`Diffusion.iterate`), run on the kept candidates only:
+(`Diffusion.step`, the body of `Diffusion.iterate`), run on the kept candidates only:
 
     g = Guided(prepare("mnist-dit"), labels=[3] * 8, seed=0)       # paper_samplers(model, 100)["nested"]
     g.step(); g.step()                                               # two outer steps: previews in g.previews()
@@ -18,27 +18,27 @@ padded), so a row's numbers never depend on how many other candidates are alive.
 bit for bit where it would have ended had nobody intervened (tests/test_guided.py). Measured on this CPU, the tiny
 DiT returns other bits for batches below 4 rows than inside a batch of 16: without the padding, pruning to three
 candidates would change the survivors. Padding costs compute, not NFEs: it is reported as `padded_rows`.
+
+A step is atomic: a stop inside it (StopSampling from the callback, Ctrl-C) restores the streams and NFE counts it
+had advanced, so continuing later gives the uninterrupted run's bits; the NFEs the cut step spent are reported as
+`interrupted_calls`.
 """
 from __future__ import annotations
 
-import hashlib
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from .pipelines import Model, paper_samplers
-from .sampling import _NFE, Context, Diffusion, Event, Network, count_nfe
-from .schedules import CLEAN
+from .sampling import (Context, Diffusion, Event, Network, NFECounter, cat_conditions, count_nfe, counting_nfe,
+                       stream)
+from .schedules import positive_int
 from .transitions import randn
 
 CLASSES = {"mnist-dit": 10}  # classes a bundled model was trained on (others: every label below the null class)
-
-
-def stream(key: str, device: str | torch.device = "cpu") -> torch.Generator:
-    """A random stream named by `key`; key "seed:i" is `sampling.sample_generators(seed, [i])`'s stream."""
-    digest = hashlib.sha256(f"nestedlib:{key}".encode()).digest()[:8]
-    return torch.Generator(device).manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
 @dataclass
@@ -70,30 +70,30 @@ class RowNetwork:
         count_nfe()  # one NFE: every kept candidate evaluated once
         self.image_nfe += x.shape[0]
         guided = self.base.null_cond is not None
-        outs, token = [], _NFE.set(None)  # the micro-batches below are parts of this one NFE
-        try:
+        outs = []
+        with counting_nfe():  # a counter of their own: the micro-batches below are parts of this one NFE
             for i in range(0, x.shape[0], self.size):
                 rows, xs = self.rows[i:i + self.size], x[i:i + self.size]
                 pad = self.size - len(rows)
                 rows, xs = rows + rows[-1:] * pad, torch.cat([xs, xs[-1:].expand(pad, *xs.shape[1:])])
-                null = _rows([self.base.null_cond[:1]] * len(rows)) if guided else None
+                null = cat_conditions([self.base.null_cond[:1]] * len(rows)) if guided else None
                 scale = torch.tensor([c.guidance for c in rows]) if guided else 1.0
-                net = Network(self.base.fn, cond=_rows([c.cond for c in rows]), null_cond=null,
+                net = Network(self.base.fn, cond=cat_conditions([c.cond for c in rows]), null_cond=null,
                               guidance_scale=scale, guided_channels=self.base.guided_channels)
                 outs.append(net(xs, t)[: self.size - pad])
                 self.padded_rows += self.size
-        finally:
-            _NFE.reset(token)
         return torch.cat(outs)
 
 
-def _rows(conds: list) -> Any:
-    """Condition rows stacked along the batch (tensors, or dicts of tensors such as text embeddings)."""
-    if conds[0] is None:
-        return None
-    if isinstance(conds[0], dict):
-        return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
-    return torch.cat(conds)
+def guidance_scale(value) -> float:
+    """A guidance scale w of eq. 6 (Ho & Salimans): a finite number >= 0 (1: no guidance), as a float."""
+    try:
+        w = float(value)
+    except (TypeError, ValueError):
+        w = math.nan
+    if isinstance(value, bool) or not (math.isfinite(w) and w >= 0.0):
+        raise ValueError(f"guidance scale must be a finite number >= 0 (1: no guidance), got {value!r}")
+    return w
 
 
 class Guided:
@@ -102,8 +102,7 @@ class Guided:
     def __init__(self, model: Model, labels=None, *, seed: int = 0, total_nfe: int = 100, outer: int = 5,
                  sampler: str = "nested", guidance: float | None = None, micro_batch: int = 4,
                  indices=None, build: Callable[[Model], Diffusion] | None = None):
-        if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
-            raise ValueError(f"micro_batch must be a positive number of rows, got {micro_batch!r}")
+        micro_batch = positive_int("micro_batch", micro_batch, "a positive number of rows")
         base = model.network
         self.model, self.net = model, RowNetwork(base, micro_batch)
         self.null = None if base.null_cond is None else base.null_cond[:1]
@@ -114,9 +113,7 @@ class Guided:
         indices = list(range(len(conds))) if indices is None else list(indices)
         if len(indices) != len(conds) or not conds or len(set(indices)) != len(indices):
             raise ValueError(f"give one distinct index per candidate: {indices} for {len(conds)} candidates")
-        w = float(base.guidance_scale) if guidance is None else float(guidance)
-        if not w >= 0.0:
-            raise ValueError(f"guidance scale must be a number >= 0 (1: no guidance), got {guidance!r}")
+        w = guidance_scale(base.guidance_scale if guidance is None else guidance)
         if build is None and sampler not in ("nested", "vanilla"):
             raise ValueError(f"unknown sampler {sampler!r}; use 'nested' or 'vanilla' (paper_samplers), or build=")
         built = replace(model, network=self.net)
@@ -124,7 +121,7 @@ class Guided:
         self.grid = self.process.grid(model.schedule.num_timesteps - 1)
         self.step_nfe = [self.process.x0_sampler.nfe(t, j) for j, t in enumerate(self.grid)]  # NFEs of each step
         self.candidates: dict[int, Candidate] = {}
-        self.step_index, self.log, self._calls = 0, [], [0]
+        self.step_index, self.log, self._counter, self._interrupted = 0, [], NFECounter(), 0
         for cond, i in zip(conds, indices):
             g = stream(f"{seed}:{i}")
             x = randn(torch.empty((1, *model.shape[1:]), dtype=model.dtype, device=model.device), [g])  # x_T
@@ -135,6 +132,7 @@ class Guided:
 
     def drop(self, ids) -> None:
         """Stop candidates: from now on they cost nothing."""
+        self._open("drop")
         for i in self._ids(ids):
             if self.candidates[i].dropped is None:
                 self.candidates[i].dropped = self.step_index
@@ -142,28 +140,30 @@ class Guided:
 
     def keep(self, ids) -> None:
         """Keep these candidates and drop every other one."""
-        kept = set(self._ids(ids))
+        self._open("keep")
+        kept = set(self._alive_ids(ids, "keep"))
         self.drop([i for i in self.alive if i not in kept])
 
     def condition(self, id: int, label: int | None = None, guidance: float | None = None, cond: Any = None) -> None:
         """Change a candidate's class (or condition row, e.g. a text embedding) and/or guidance scale from now on."""
-        c = self.candidates[self._ids([id])[0]]
-        if guidance is not None:
-            if self.null is None:
-                raise ValueError(f"{self.model.name} has no null condition, so no guidance; leave guidance out")
-            if not float(guidance) >= 0.0:
-                raise ValueError(f"guidance scale must be a number >= 0 (1: no guidance), got {guidance!r}")
-            c.guidance = float(guidance)
+        self._open("condition")
+        c = self.candidates[self._alive_ids([id], "condition")[0]]
+        if guidance is not None and self.null is None:
+            raise ValueError(f"{self.model.name} has no null condition, so no guidance; leave guidance out")
+        w = None if guidance is None else guidance_scale(guidance)
+        row = None if label is None else self._label(label)  # checked before anything changes
+        if w is not None:
+            c.guidance = w
         if label is not None or cond is not None:
-            c.cond = self._label(label) if label is not None else cond
+            c.cond = row if label is not None else cond
         self.log.append({"step": self.step_index, "action": "condition", "id": id, "label": label,
                          "guidance": guidance})
 
     def branch(self, id: int, n: int) -> list[int]:
         """Continue a candidate as n candidates: itself (its own stream) and n - 1 branches with new streams."""
-        c = self.candidates[self._ids([id])[0]]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"branch into n >= 1 continuations (1 keeps the candidate as it is), got {n!r}")
+        self._open("branch")
+        c = self.candidates[self._alive_ids([id], "branch")[0]]
+        n = positive_int("n", n, "a number of continuations n >= 1 (1 keeps the candidate as it is)")
         new = []
         for _ in range(n - 1):
             c.children += 1
@@ -185,33 +185,41 @@ class Guided:
         return self.step_index == len(self.grid)
 
     def step(self, callback: Callable[[Event], None] | None = None) -> dict[int, torch.Tensor]:
-        """One outer step of every kept candidate: x̂_0 ~ p(x_0 | x_t) (Alg. 2 line 3), then the outer transition."""
+        """One outer step of every kept candidate (`Diffusion.step`: x̂_0 ~ p(x_0 | x_t), Alg. 2 line 3, then the
+        outer transition), atomic: a stop raised inside it undoes it, streams and NFE counts included."""
         if self.done:
             raise ValueError(f"all {len(self.grid)} outer steps are done; read the images with x0()")
         cands = [self.candidates[i] for i in self.alive]
         if not cands:
             raise ValueError("every candidate was dropped; branch or keep one before dropping the rest, or start a "
                              "new session")
-        j, t = self.step_index, self.grid[self.step_index]
-        t_next = self.grid[j + 1] if j + 1 < len(self.grid) else CLEAN
         x, gens = torch.cat([c.x for c in cands]), [c.generator for c in cands]
-        self.net.rows, token = cands, _NFE.set(self._calls)
+        before = ([g.get_state() for g in gens], self._counter.count, self.net.image_nfe, self.net.padded_rows)
+        self.net.rows = cands
         try:
-            with torch.no_grad():
-                x0, variance = self.process.x0_sampler(x, t, t_next, Context(gens, callback).child(j))
-                x = self.process.transition(x, x0, t, t_next, gens, variance)  # as in `Diffusion.iterate`
-        finally:
-            _NFE.reset(token)
-        for c, row, row0 in zip(cands, x.split(1), x0.split(1)):
+            with torch.no_grad(), counting_nfe(self._counter):
+                event = self.process.step(x, self.step_index, self.grid, Context(gens, callback))
+        except BaseException:  # StopSampling, KeyboardInterrupt, an error: the state is as before the step
+            states, calls, self.net.image_nfe, self.net.padded_rows = before
+            for g, state in zip(gens, states):
+                g.set_state(state)
+            self._interrupted += self._counter.count - calls
+            self._counter.count = calls
+            raise
+        for c, row, row0 in zip(cands, event.x.split(1), event.x0.split(1)):
             c.x, c.previews = row, c.previews + [row0]
         self.step_index += 1
-        if callback is not None:
-            callback(Event(0, (j,), t, t_next, x0, x, self._calls[0]))
         return {c.id: c.previews[-1] for c in cands}
 
     def run(self, steps: int | None = None, callback: Callable[[Event], None] | None = None) -> None:
         """Continue: the remaining outer steps (or `steps` of them) for the kept candidates."""
-        for _ in range(len(self.grid) - self.step_index if steps is None else steps):
+        left = len(self.grid) - self.step_index
+        if steps is not None:
+            steps = positive_int("steps", steps, f"a positive number of outer steps (None: all {left} left)")
+            if steps > left:
+                raise ValueError(f"{steps} outer steps asked, but only {left} of {len(self.grid)} are left; ask for "
+                                 f"at most {left}, or run() for all of them")
+        for _ in range(left if steps is None else steps):
             self.step(callback)
 
     def previews(self, ids=None) -> torch.Tensor:
@@ -224,23 +232,51 @@ class Guided:
     def nfe(self) -> dict[str, int]:
         """NFEs as nestedlib counts them (`calls`), image-NFEs (calls x rows), padding, and what dropping saved."""
         planned = sum(sum(self.step_nfe[c.born:]) for c in self.candidates.values())
-        return {"calls": self._calls[0], "image_nfe": self.net.image_nfe, "padded_rows": self.net.padded_rows,
+        return {"calls": self._counter.count, "image_nfe": self.net.image_nfe, "padded_rows": self.net.padded_rows,
                 "planned_image_nfe": planned, "saved": planned - sum(
                     sum(self.step_nfe[c.born:len(self.grid) if c.dropped is None else c.dropped])
-                    for c in self.candidates.values())}
+                    for c in self.candidates.values()),
+                "interrupted_calls": self._interrupted}  # spent by steps cut short and undone
+
+    def _open(self, action: str) -> None:
+        """Refuse a decision once every outer step is done: nothing is left that it could change."""
+        if self.done:
+            raise ValueError(f"cannot {action} after the end: all {len(self.grid)} outer steps are done; read the "
+                             "images with x0(), or start a new session")
 
     def _ids(self, ids) -> list[int]:
-        ids = [ids] if isinstance(ids, int) else list(ids)
+        ids = [ids] if isinstance(ids, (int, np.integer)) and not isinstance(ids, bool) else list(ids)
         unknown = [i for i in ids if i not in self.candidates]
         if unknown:
             raise ValueError(f"unknown candidate id(s) {unknown}; the candidates are {list(self.candidates)}")
+        return [int(i) for i in ids]
+
+    def _alive_ids(self, ids, action: str) -> list[int]:
+        """Candidate ids that are still sampled; a dropped one is refused (its x_t stopped at its drop)."""
+        ids = self._ids(ids)
+        gone = [i for i in ids if self.candidates[i].dropped is not None]
+        if gone:
+            when = ", ".join(f"#{i} before step {self.candidates[i].dropped + 1}" for i in gone)
+            raise ValueError(f"cannot {action} dropped candidate(s) ({when}): their x_t stopped there while the "
+                             f"session went on; choose among the kept ones {self.alive}")
         return ids
 
     def _label(self, label) -> torch.Tensor:
+        """A class label as the network's condition row: a whole number (int, numpy integer, integral float or a
+        one-element tensor) in 0 .. num_classes - 1."""
         if self.num_classes is None:
             raise ValueError(f"{self.model.name} takes no class labels; pass its condition row as cond= instead "
                              "(e.g. a text embedding for Stable Diffusion)")
-        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < self.num_classes:
+        value = label
+        if torch.is_tensor(value) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"a class label is a whole number in 0 to {self.num_classes - 1}, got {label!r}")
+        if not 0 <= value < self.num_classes:
             raise ValueError(f"class {label!r} is out of range: {self.model.name} knows classes 0 to "
                              f"{self.num_classes - 1}")
-        return torch.tensor([label], dtype=self.null.dtype, device=self.null.device)
+        return torch.tensor([value], dtype=self.null.dtype, device=self.null.device)

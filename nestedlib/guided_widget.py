@@ -16,7 +16,12 @@ from .widgets import blank_png, image_grid, png
 
 
 class GuidedWidget:
-    """ipywidgets front end of a `Guided` session: choices made in the grid apply when Continue is pressed."""
+    """ipywidgets front end of a `Guided` session: choices made in the grid apply when Continue is pressed.
+
+    Only what the person changed is applied: a class box or slider shows a candidate's value clamped to its range
+    (the null class of an unconditional candidate, a guidance scale above `max_guidance`), and an untouched control
+    leaves the candidate as it is.
+    """
 
     def __init__(self, session: Guided, render: Callable[[torch.Tensor], bytes] | None = None,
                  max_guidance: float = 10.0):
@@ -44,11 +49,13 @@ class GuidedWidget:
         p = {"image": W.Image(format="png", layout=W.Layout(width="96px", height="auto")), "label": W.HTML(),
              "keep": W.Checkbox(value=True, description="keep", indent=False, layout=W.Layout(width="auto")),
              "branch": W.Button(description="Branch", layout=W.Layout(width="auto"), tooltip="one more continuation")}
-        if self.session.null is not None:
+        if self.session.null is not None and self.session.num_classes is not None:
             p["class"] = W.BoundedIntText(value=int(c.cond.reshape(-1)[0]), min=0, max=self.session.num_classes - 1,
                                           description="class", layout=W.Layout(width="130px"))
+        if self.session.null is not None:
             p["guidance"] = W.FloatSlider(value=c.guidance, min=0.0, max=self.max_guidance, step=0.5,
                                           description="w", layout=W.Layout(width="170px"))
+        p["shown"] = {k: p[k].value for k in ("class", "guidance") if k in p}  # as shown: after any clamping
         p["branch"].on_click(lambda _, i=i: self.branch(i))
         controls = [p[k] for k in ("label", "image", "keep", "class", "guidance", "branch") if k in p]
         p["box"] = W.VBox(controls, layout=W.Layout(border="1px solid #ccc", padding="4px", margin="2px"))
@@ -87,17 +94,19 @@ class GuidedWidget:
         self.refresh()
 
     def apply(self) -> None:
-        """The grid's choices, made in the session: drop what is unticked, then new classes and guidance scales."""
+        """The grid's choices, made in the session: drop what is unticked, then the classes and guidance scales the
+        person changed (a control still showing what it showed is no choice, even where it clamped the value)."""
         s = self.session
         for i in s.alive:
-            p, c = self.panels[i], s.candidates[i]
+            p = self.panels[i]
             if not p["keep"].value:
                 s.drop([i])
                 continue
-            if "class" in p and p["class"].value != int(c.cond.reshape(-1)[0]):
+            if "class" in p and p["class"].value != p["shown"]["class"]:
                 s.condition(i, label=int(p["class"].value))
-            if "guidance" in p and p["guidance"].value != c.guidance:
+            if "guidance" in p and p["guidance"].value != p["shown"]["guidance"]:
                 s.condition(i, guidance=float(p["guidance"].value))
+            p["shown"] = {k: p[k].value for k in ("class", "guidance") if k in p}
 
     @property
     def running(self) -> bool:
@@ -125,7 +134,7 @@ class GuidedWidget:
         try:
             self.session.step(self._on_event)
         except StopSampling:
-            self.stopped = True  # the step was cut short: the previews of the last finished step are the result
+            self.stopped = True  # the step was cut short and undone: the last finished step's previews are the result
         except Exception as e:  # shown in the page rather than lost in the thread
             self.error = e
         self.refresh()
@@ -133,7 +142,8 @@ class GuidedWidget:
             self.counter.value += f"<br><b>error</b>: {self.error}"
 
     def stop(self) -> None:
-        """End the session: a running step is cut short, its NFEs stay counted; the latest previews are the images."""
+        """End the session: a running step is cut short and undone (its NFEs are counted as interrupted); the
+        latest previews are the images."""
         self._stop.set()
         self.stopped = True
         if not self.running:

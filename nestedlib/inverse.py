@@ -3,7 +3,8 @@
 * `Operator`: A = U diag(s) V^T, kept in float64, with the measurement noise sigma_y; `inpainting` (a mask) and
   `super_resolution` (block averaging) build the two operators of the chapter.
 * `DDRM`: Kawar et al.'s eq. 8 as a nestedlib `Transition` q(x_{t'} | x̂_0, x_t, y), in the operator's spectral domain.
-* `Consistent`: an x0-sampler whose draw is made consistent with y by DDRM's last step: what a preview shows.
+* `Consistent`: an x0-sampler whose preview is made consistent with y by DDRM's last step; the chain takes the
+  draw itself, as in Kawar et al.'s reference code (`efficient_generalized_steps` steps from the network's x0_t).
 * `ddrm` (the baseline: Algorithm 1 with the network's x̂_0) and `nested_ddrm` (Algorithm 2 with DDRM outside).
 
 Images are (B, C, H, W); measurements are (B, m) with m = len(s). DDRM works with the variance-exploding chain
@@ -74,10 +75,11 @@ class Operator:
         return (y.double() @ self.U) * torch.where(self.s > 0, 1.0 / self.s.clamp(min=1e-300), 0.0)
 
     def pinv(self, y: torch.Tensor) -> torch.Tensor:
-        """A^+ y = V_m diag(s)^+ U^T y as images (float32): the least-norm image that explains y."""
+        """A^+ y = V_m diag(s)^+ U^T y as images in y's floating dtype: the least-norm image that explains y."""
         xbar = torch.zeros(y.shape[0], self.n, dtype=torch.float64)
         xbar[:, : self.m] = self.spectral_measurement(y)
-        return (xbar @ self.V.T).float().reshape(y.shape[0], *self.image_shape)
+        dtype = y.dtype if y.is_floating_point() else torch.float32
+        return (xbar @ self.V.T).to(dtype).reshape(y.shape[0], *self.image_shape)
 
     def __repr__(self) -> str:
         return f"Operator({self.name}, m={self.m}, n={self.n}, sigma_y={self.sigma_y:g})"
@@ -136,6 +138,11 @@ class DDRM:
         s = operator.s
         self.ratio = torch.where(s > 0, operator.sigma_y / s.clamp(min=1e-300), torch.inf)  # sigma_y / s_i
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The x_T this step takes: one image of the operator's shape per measurement (`sampling.check_noise`)."""
+        return (self.ybar.shape[0], *self.operator.image_shape)
+
     def _sigma(self, t: int) -> tuple[float, float]:
         """(abar_t, sigma_t = sqrt((1 - abar_t) / abar_t)) of the VE chain, abar = 1 at the clean end."""
         abar = 1.0 if t == CLEAN else self.schedule.abar(t)
@@ -172,9 +179,11 @@ class DDRM:
 
 
 class Consistent:
-    """An x0-sampler whose draw goes through `DDRM.project`: the preview a user sees is consistent with y.
+    """An x0-sampler whose preview goes through `DDRM.project`: the preview a user sees is consistent with y.
 
-    With eta_b = 1 the next DDRM step ignores x̂_0's measured components, so this changes the previews, not the chain.
+    The draw handed to the DDRM step is the inner x0-sampler's own, as in DDRM (Kawar et al.'s reference code steps
+    from the network's x0_t): with eta_b < 1 the step keeps (1 - eta_b) of x̂_0's measured components, so feeding it
+    the projection instead would be another chain.
     """
 
     def __init__(self, x0_sampler: X0Sampler, ddrm: DDRM):
@@ -184,7 +193,8 @@ class Consistent:
         return self.x0_sampler.nfe(t, index)
 
     def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> Estimate:
-        return Estimate(self.ddrm.project(self.x0_sampler(x, t, t_next, ctx).draw))
+        estimate = self.x0_sampler(x, t, t_next, ctx)
+        return estimate._replace(preview=self.ddrm.project(estimate.shown))  # the chain steps from estimate.draw
 
 
 def ddrm(network, schedule: Schedule, operator: Operator, y: torch.Tensor, steps: int, *, eta: float = 0.85,

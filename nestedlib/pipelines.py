@@ -18,7 +18,7 @@ import torch
 
 from .sampling import (Context, Diffusion, Estimate, Event, Network, NetworkMean, nested, nfe_so_far, predict_x0,
                        vanilla)
-from .schedules import CLEAN, Schedule, split_budget
+from .schedules import Schedule, next_t, process_grid, split_budget, step_counts
 from .transitions import DDIM, randn
 
 
@@ -238,23 +238,26 @@ class SchedulerSampler:
                              "prediction_type='epsilon'")
         self.scheduler, self.network = scheduler, network
         self.schedule = Schedule.from_diffusers(scheduler)
-        self.steps = steps
-        self._grid = Diffusion(None, None, steps, t_end=t_end, drop_end=drop_end)  # the same grid rules and errors
+        self.steps, self.t_end, self.drop_end = steps, t_end, drop_end
+        step_counts(steps)  # the grid rules and errors of every nestedlib process (`schedules.process_grid`)
+
+    def grid(self, t_start: int, index: int = 0) -> list[int]:
+        """The scheduler's timesteps from t_start as step `index` of the enclosing process (`process_grid`)."""
+        return process_grid(self.steps, t_start, index, t_end=self.t_end, drop_end=self.drop_end)
 
     def nfe(self, t: int, index: int = 0) -> int:
-        return len(self._grid.grid(t, index))
+        return len(self.grid(t, index))
 
     def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> Estimate:
         """Algorithm 2, line 3, by the scheduler's own loop; each step reports the network's x̂_0 as its preview."""
-        grid = self._grid.grid(t, ctx.path[-1] if ctx.path else 0)
+        grid = self.grid(t, ctx.path[-1] if ctx.path else 0)
         scheduler = copy.deepcopy(self.scheduler)  # a fresh state (multistep history) for every inner run
         scheduler.set_timesteps(timesteps=grid, device=x.device)
         for j, s in enumerate(grid):
             out = self.network(x, s)
             x0 = predict_x0(x, out[:, : x.shape[1]], self.schedule.abar(s))  # DDPM eq. 15: the step's preview
             x = scheduler.step(out, s, x, generator=ctx.generator).prev_sample
-            t_next_inner = grid[j + 1] if j + 1 < len(grid) else CLEAN
-            ctx.report(Event(ctx.depth, ctx.path + (j,), s, t_next_inner, x0, x, nfe_so_far()))
+            ctx.report(Event(ctx.depth, ctx.path + (j,), s, next_t(grid, j), x0, x, nfe_so_far()))
         return Estimate(x)
 
     def __repr__(self) -> str:

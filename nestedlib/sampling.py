@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import torch
 
-from .schedules import CLEAN, OUTER_T_END, SPACINGS, Schedule, timesteps
+from .schedules import CLEAN, OUTER_T_END, SPACINGS, Schedule, next_t, positive_int, process_grid, step_counts
 from .transitions import DDIM, DDPM, ddpm_posterior_coefficients, learned_range_log_variance
 
 
@@ -30,20 +31,46 @@ class StopSampling(Exception):
 
 # --- Counting network function evaluations (NFEs) where they happen: at the network. One counter per run. -------
 
-_NFE: ContextVar[list[int] | None] = ContextVar("nestedlib_nfe", default=None)  # [count] of the running `run`
+
+class NFECounter:
+    """The NFEs counted at the network while this counter is the running one (`counting_nfe`)."""
+
+    def __init__(self, count: int = 0):
+        self.count = count
+
+    def __repr__(self) -> str:
+        return f"NFECounter({self.count})"
+
+
+_NFE: ContextVar[NFECounter | None] = ContextVar("nestedlib_nfe", default=None)  # the running counter
+
+
+@contextmanager
+def counting_nfe(counter: NFECounter | None = None) -> Iterator[NFECounter]:
+    """Count every network evaluation inside the block in `counter` (a new one by default, or one to resume).
+
+    `run` counts a run this way, `Guided` a whole session over many steps; blocks nest and the innermost counts, so
+    a network made of several calls (micro-batches of one NFE) counts them in a counter of its own.
+    """
+    counter = NFECounter() if counter is None else counter
+    token = _NFE.set(counter)
+    try:
+        yield counter
+    finally:
+        _NFE.reset(token)
 
 
 def count_nfe() -> None:
-    """Count one network function evaluation in the running sampler (a no-op outside `run`)."""
+    """Count one network function evaluation in the running counter (a no-op outside `counting_nfe`)."""
     counter = _NFE.get()
     if counter is not None:
-        counter[0] += 1
+        counter.count += 1
 
 
 def nfe_so_far() -> int:
-    """NFEs the running sampler has spent (0 outside `run`)."""
+    """NFEs counted so far by the running counter (0 outside `counting_nfe`)."""
     counter = _NFE.get()
-    return 0 if counter is None else counter[0]
+    return 0 if counter is None else counter.count
 
 
 class Network:
@@ -53,11 +80,13 @@ class Network:
     With guidance, the conditional and unconditional branches run as one batch (one NFE, as DiT counts it);
     guidance applies to the first `guided_channels` epsilon channels (all by default), the variance channels
     come from the conditional branch. `guidance_scale` may also be a tensor of one scale per sample: both branches
-    then always run, even for rows whose scale is 1.
+    then always run, even for rows whose scale is 1. `image_shape` (C, H, W), where the model knows it, lets `run`
+    refuse a wrong x_T before the first step.
     """
 
     def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor], *, cond: Any = None,
-                 null_cond: Any = None, guidance_scale: float = 1.0, guided_channels: int | None = None):
+                 null_cond: Any = None, guidance_scale: float = 1.0, guided_channels: int | None = None,
+                 image_shape: Sequence[int] | None = None):
         per_row = torch.is_tensor(guidance_scale)  # one scale per sample (human-guided generation), always guided
         if (per_row or guidance_scale != 1.0) and null_cond is None:
             raise ValueError(f"guidance_scale={guidance_scale} needs a null condition (null_cond) for the "
@@ -67,6 +96,15 @@ class Network:
         self.fn, self.cond, self.null_cond = fn, cond, null_cond
         self.guidance_scale = guidance_scale.reshape(-1) if per_row else float(guidance_scale)
         self.guided_channels = guided_channels
+        self.image_shape = None if image_shape is None else tuple(int(n) for n in image_shape)
+
+    @property
+    def sample_shape(self) -> tuple[int | None, ...] | None:
+        """The x_T shape this network takes, (batch, C, H, W), where it knows it (`image_shape`; batch from cond)."""
+        if self.image_shape is None:
+            return None
+        batch = self.cond.shape[0] if torch.is_tensor(self.cond) else None
+        return (batch, *self.image_shape)
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         for name, c in (("cond", self.cond), ("null_cond", self.null_cond)):
@@ -83,7 +121,8 @@ class Network:
         elif s == 1.0:
             out = self.fn(x, tt, self.cond)
         if torch.is_tensor(s) or s != 1.0:
-            out_c, out_u = self.fn(torch.cat([x, x]), torch.cat([tt, tt]), _cat(self.cond, self.null_cond)).chunk(2)
+            both = cat_conditions([self.cond, self.null_cond])
+            out_c, out_u = self.fn(torch.cat([x, x]), torch.cat([tt, tt]), both).chunk(2)
             g = self.guided_channels or x.shape[1]
             eps = out_u[:, :g] + s * (out_c[:, :g] - out_u[:, :g])  # eps_u + s (eps_c - eps_u)
             out = torch.cat([eps, out_c[:, g:]], dim=1)  # unguided channels and variance: the conditional branch's
@@ -93,13 +132,16 @@ class Network:
         return out
 
 
-def _cat(a: Any, b: Any) -> Any:
-    """Concatenate two conditions along the batch (tensors, or dicts of tensors such as text embeddings)."""
-    if torch.is_tensor(a):
-        return torch.cat([a, b])
-    if isinstance(a, dict):
-        return {k: _cat(a[k], b[k]) for k in a}
-    raise TypeError(f"cannot batch a condition of type {type(a).__name__}; use tensors or dicts of tensors")
+def cat_conditions(conds: Sequence[Any]) -> Any:
+    """Condition rows stacked along the batch (tensors, or dicts of tensors such as text embeddings; None: none)."""
+    first = conds[0]
+    if first is None:
+        return None
+    if torch.is_tensor(first):
+        return torch.cat(list(conds))
+    if isinstance(first, dict):
+        return {k: cat_conditions([c[k] for c in conds]) for k in first}
+    raise TypeError(f"cannot batch a condition of type {type(first).__name__}; use tensors or dicts of tensors")
 
 
 # --- The contracts: events, estimates, x0-samplers and transitions. ---------------------------------------------
@@ -110,7 +152,8 @@ class Event:
     """One step of one process: the x̂_0 drawn at t, the new state x_{t'}, and the NFEs the run has spent so far.
 
     `x0` is what a preview of the step shows: the network's mean E[x_0 | x_t] for a one-step x0-sampler (what the
-    paper plots for vanilla sampling), the inner run's final sample for Nested Diffusion.
+    paper plots for vanilla sampling), the inner run's final sample for Nested Diffusion (`Estimate.preview`, e.g.
+    made consistent with a measurement, where the x0-sampler gives one).
     """
 
     depth: int  # 0: the outermost process, 1: its inner process, ...
@@ -124,11 +167,18 @@ class Event:
 
 
 class Estimate(NamedTuple):
-    """An x0-sampler's answer: its draw x̂_0 ~ p(x_0 | x_t) and, for DiT's learned range, the reverse step's own
-    variance sigma_theta^2, which the DDPM transition then adds in place of beta~ (see `LearnedVariance`)."""
+    """An x0-sampler's answer: its draw x̂_0 ~ p(x_0 | x_t), the one the transition takes; for DiT's learned range,
+    the reverse step's own variance sigma_theta^2, which the DDPM transition then adds in place of beta~ (see
+    `LearnedVariance`); and what a preview shows when it is not the draw itself (e.g. DDRM's projection onto y)."""
 
     draw: torch.Tensor
     variance: torch.Tensor | None = None
+    preview: torch.Tensor | None = None  # None: the preview is the draw
+
+    @property
+    def shown(self) -> torch.Tensor:
+        """What a preview of this estimate shows: `preview`, or the draw."""
+        return self.draw if self.preview is None else self.preview
 
 
 @dataclass(frozen=True)
@@ -226,9 +276,7 @@ class Diffusion:
 
     def __init__(self, x0_sampler: X0Sampler, transition: Transition, steps: int | Sequence[int], *,
                  t_end: int = 0, drop_end: bool = False, spacing: str = "linspace"):
-        counts = [steps] if isinstance(steps, int) else list(steps)
-        if not counts or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in counts):
-            raise ValueError(f"steps must be a positive integer or a non-empty list of them, got {steps!r}")
+        step_counts(steps)  # one positive integer or a non-empty list of them, or a clear error now
         if spacing not in SPACINGS:
             raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
         self.x0_sampler, self.transition, self.steps = x0_sampler, transition, steps
@@ -240,28 +288,29 @@ class Diffusion:
 
     def grid(self, t_start: int, index: int = 0) -> list[int]:
         """The timesteps of this process when it starts at t_start as step `index` of an enclosing process."""
-        if isinstance(self.steps, int):
-            k = self.steps
-        elif index < len(self.steps):
-            k = self.steps[index]
-        else:
-            raise ValueError(f"{len(self.steps)} step counts were given, but the enclosing process has a step "
-                             f"{index}; give one count per step of the enclosing process")
-        return timesteps(t_start, k, t_end=self.t_end, drop_end=self.drop_end, spacing=self.spacing)
+        return process_grid(self.steps, t_start, index, t_end=self.t_end, drop_end=self.drop_end,
+                            spacing=self.spacing)
 
     def nfe(self, t_start: int, index: int = 0) -> int:
         """NFEs of one run from t_start: the sum over the grid of the x0-sampler's NFEs (|outer| x |inner|)."""
         return sum(self.x0_sampler.nfe(t, j) for j, t in enumerate(self.grid(t_start, index)))
 
+    def step(self, x: torch.Tensor, j: int, grid: Sequence[int], ctx: Context) -> Event:
+        """Step j of Algorithm 1's loop on `grid` (from `grid(...)`), reported to ctx's callback: the loop body that
+        `iterate` repeats and that anything stepping by hand (human-guided generation) calls to resume a run."""
+        t, t_next = grid[j], next_t(grid, j)
+        estimate = self.x0_sampler(x, t, t_next, ctx.child(j))  # Alg. 1: x̂_0 ~ p(x_0 | x_t)
+        x = self.transition(x, estimate.draw, t, t_next, ctx.generator, estimate.variance)  # x_{t'} ~ q(. | x̂_0, x_t)
+        event = Event(ctx.depth, ctx.path + (j,), t, t_next, estimate.shown, x, nfe_so_far())
+        ctx.report(event)
+        return event
+
     def iterate(self, x: torch.Tensor, t_start: int, ctx: Context, index: int = 0) -> Iterator[Event]:
-        """The loop of Algorithm 1, one `Event` per step, each reported to ctx's callback."""
+        """The loop of Algorithm 1, one `Event` per step (`step`), each reported to ctx's callback."""
         grid = self.grid(t_start, index)
-        for j, t in enumerate(grid):
-            t_next = grid[j + 1] if j + 1 < len(grid) else CLEAN
-            x0, variance = self.x0_sampler(x, t, t_next, ctx.child(j))  # Alg. 1: x̂_0 ~ p(x_0 | x_t)
-            x = self.transition(x, x0, t, t_next, ctx.generator, variance)  # Alg. 1: x_{t'} ~ q(x_{t'} | x̂_0, x_t)
-            event = Event(ctx.depth, ctx.path + (j,), t, t_next, x0, x, nfe_so_far())
-            ctx.report(event)
+        for j in range(len(grid)):
+            event = self.step(x, j, grid, ctx)
+            x = event.x
             yield event
 
     def __call__(self, x: torch.Tensor, t: int, t_next: int, ctx: Context) -> Estimate:
@@ -308,6 +357,7 @@ def run(process: Diffusion, x_T: torch.Tensor, *, generator: torch.Generator | N
     """
     if not torch.is_tensor(x_T) or not x_T.is_floating_point():
         raise TypeError("x_T must be a floating-point tensor of noise, shaped (batch, channels, ...)")
+    check_noise(process, x_T)
     t_start = process.schedule.num_timesteps - 1 if t_start is None else t_start
     cumulative, total = [], 0
     for j, t in enumerate(process.grid(t_start)):
@@ -315,8 +365,7 @@ def run(process: Diffusion, x_T: torch.Tensor, *, generator: torch.Generator | N
         cumulative.append(total)  # the NFE count at which outer step j finishes
     n_steps = len(cumulative)
     if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"budget must be a positive number of NFEs, got {budget!r}")
+        budget = positive_int("budget", budget, "a positive number of NFEs")
         if budget < cumulative[0]:
             raise ValueError(f"a budget of {budget} NFEs ends before the first outer x̂_0, which costs "
                              f"{cumulative[0]} NFEs; ask for at least {cumulative[0]} (the previews arrive at NFEs "
@@ -332,29 +381,59 @@ def run(process: Diffusion, x_T: torch.Tensor, *, generator: torch.Generator | N
 
     previews: list[Event] = []
     stopped = None
-    counter = [0]
-    token = _NFE.set(counter)
-    try:
-        with torch.set_grad_enabled(grad):
-            for event in process.iterate(x_T, t_start, Context(generator=generator, callback=report)):
-                previews.append(replace(event, image=decode(event.x0)) if decode else event)
-                if len(previews) == n_steps:
-                    break
-        stopped = "budget" if n_steps < len(cumulative) else None
-    except (KeyboardInterrupt, StopSampling):
-        if not previews:
-            raise
-        stopped = "interrupt"
-    finally:
-        _NFE.reset(token)
-    return Result(previews[-1].x0, previews, counter[0], cumulative[-1], stopped, inner)
+    with counting_nfe() as counter:
+        try:
+            with torch.set_grad_enabled(grad):
+                for event in process.iterate(x_T, t_start, Context(generator=generator, callback=report)):
+                    previews.append(replace(event, image=decode(event.x0)) if decode else event)
+                    if len(previews) == n_steps:
+                        break
+            stopped = "budget" if n_steps < len(cumulative) else None
+        except (KeyboardInterrupt, StopSampling):
+            if not previews:
+                raise
+            stopped = "interrupt"
+    return Result(previews[-1].x0, previews, counter.count, cumulative[-1], stopped, inner)
+
+
+def sample_shape(process: Any) -> tuple[int, ...] | None:
+    """The x_T shape a sampler declares, if any part of it knows one: a `sample_shape` attribute on the process,
+    its transition or network, or on an x0-sampler inside (batch first; a None entry matches any size)."""
+    seen: list = [process]
+    while seen:
+        part = seen.pop()
+        shape = getattr(part, "sample_shape", None)
+        if shape is not None:
+            return tuple(shape)
+        seen += [getattr(part, a) for a in ("transition", "x0_sampler", "network") if getattr(part, a, None) is not None]
+    return None
+
+
+def check_noise(process: Any, x_T: torch.Tensor) -> None:
+    """Refuse a starting noise x_T that cannot give images: NaN or infinite entries, or a shape the sampler does
+    not take (where it declares one, `sample_shape`), with what to do instead."""
+    shape = sample_shape(process)
+    if shape is not None and (len(shape) != x_T.dim() or any(n is not None and n != m
+                                                             for n, m in zip(shape, x_T.shape))):
+        want = ", ".join("batch" if n is None else str(n) for n in shape)
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)}, but this sampler takes ({want}); draw it with "
+                         "model.noise(generator), or torch.randn of that shape")
+    if not bool(torch.isfinite(x_T).all()):
+        raise ValueError(f"x_T has {int((~torch.isfinite(x_T)).sum())} NaN or infinite entries; start from finite "
+                         "noise, e.g. model.noise(generator) or torch.randn")
+
+
+def stream(key: str, device: str | torch.device = "cpu") -> torch.Generator:
+    """A random stream named by `key` (SHA-256 of "nestedlib:<key>" seeds it); `sample_generators` keys them by
+    "seed:index", human-guided branches by "<parent key>.<branch>"."""
+    digest = hashlib.sha256(f"nestedlib:{key}".encode()).digest()[:8]
+    return torch.Generator(device).manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
 def sample_generators(seed: int, indices: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
     """One random stream per sample, keyed by (seed, sample index): a sample's noise then does not depend on its
     batch, its process in a sharded sweep, or which other candidates were dropped. Pass the list as `generator`."""
-    keys = (hashlib.sha256(f"nestedlib:{seed}:{i}".encode()).digest()[:8] for i in indices)
-    return [torch.Generator(device).manual_seed(int.from_bytes(k, "little") >> 1) for k in keys]
+    return [stream(f"{seed}:{i}", device) for i in indices]
 
 
 # --- Builders: Algorithm 1 with the network, and Algorithm 2 around any inner process. --------------------------

@@ -9,11 +9,24 @@ After the last grid point the sampler steps to the clean end, written t = -1, wh
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 
 CLEAN = -1  # the clean end of every grid: abar_{-1} = 1 (diffusers' `set_alpha_to_one`)
+
+
+def positive_int(name: str, value, what: str = "a positive integer") -> int:
+    """`value` as an int when it is a whole number >= 1 (a Python or numpy integer, not a bool); else a ValueError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def next_t(grid: Sequence[int], j: int) -> int:
+    """t' of step j of a grid: the next grid point, or the clean end (t = -1) after the last one."""
+    return grid[j + 1] if j + 1 < len(grid) else CLEAN
 
 
 @dataclass(frozen=True)
@@ -96,8 +109,7 @@ def timesteps(t_start: int, steps: int, *, t_end: int = 0, drop_end: bool = Fals
     - The authors' outer processes: `steps + 1` points with the last dropped: over [1, 999] in their SD script,
       over [0, 999] with space_timesteps in their DiT script (`outer_timesteps`).
     """
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"the number of steps must be a positive integer, got {steps!r}")
+    positive_int("the number of steps", steps)
     if not isinstance(t_start, (int, np.integer)) or t_start < t_end:
         raise ValueError(f"a grid must start at or above t_end={t_end}, got t_start={t_start!r}")
     if spacing not in SPACINGS:
@@ -120,6 +132,29 @@ def timesteps(t_start: int, steps: int, *, t_end: int = 0, drop_end: bool = Fals
     return grid[:-1] if drop_end else grid
 
 
+def step_counts(steps) -> list[int]:
+    """A process's step counts: one positive integer, or a non-empty list of them (one per enclosing step)."""
+    counts = [steps] if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) else steps
+    if isinstance(counts, (str, bytes)) or not isinstance(counts, Sequence) or not counts:
+        raise ValueError(f"steps must be a positive integer or a non-empty list of them, got {steps!r}")
+    return [positive_int("steps", k, "a positive integer or a non-empty list of them") for k in counts]
+
+
+def process_grid(steps: int | Sequence[int], t_start: int, index: int = 0, *, t_end: int = 0,
+                 drop_end: bool = False, spacing: str = "linspace") -> list[int]:
+    """The grid of a process of `steps` steps (or steps[index], one count per step of an enclosing process) that
+    starts at t_start as step `index` of its enclosing process (`timesteps`)."""
+    counts = step_counts(steps)
+    if len(counts) == 1 and not isinstance(steps, Sequence):
+        k = counts[0]
+    elif index < len(counts):
+        k = counts[index]
+    else:
+        raise ValueError(f"{len(counts)} step counts were given, but the enclosing process has a step "
+                         f"{index}; give one count per step of the enclosing process")
+    return timesteps(t_start, k, t_end=t_end, drop_end=drop_end, spacing=spacing)
+
+
 OUTER_T_END = {"linspace": 1, "space_timesteps": 0}  # where the authors' outer grids start: SD script 1, DiT script 0
 
 
@@ -130,9 +165,7 @@ def outer_timesteps(steps: int, num_timesteps: int = 1000, spacing: str = "linsp
 
 def split_budget(total_nfe: int, outer: int) -> int:
     """Inner steps per outer step when a total NFE budget is shared evenly: |inner| = NFE / |outer|."""
-    for name, v in (("total_nfe", total_nfe), ("outer", outer)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    total_nfe, outer = positive_int("total_nfe", total_nfe), positive_int("outer", outer)
     if total_nfe % outer:
         lo = total_nfe - total_nfe % outer
         raise ValueError(
@@ -153,9 +186,7 @@ def allocate(total_nfe: int, outer: int, shape: str = "uniform", ratio: float | 
     count down to it, so the first outer step gets the most; "back": the same reversed; "geometric": w_j = ratio^j
     (default 2, the doubling schedule of anytime algorithms: each outer step costs twice the one before).
     """
-    for name, v in (("total_nfe", total_nfe), ("outer", outer)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    total_nfe, outer = positive_int("total_nfe", total_nfe), positive_int("outer", outer)
     if outer > total_nfe:
         raise ValueError(f"{outer} outer steps need at least {outer} NFEs (one inner step each), got {total_nfe}")
     if shape not in ALLOCATIONS:

@@ -165,10 +165,12 @@ def test_widget_stop_cuts_a_step_short(model):
     w.continue_button.click()
     assert w.thread is None and w.continue_button.disabled and w.session.nfe["calls"] == 0
     w2 = GuidedWidget(Guided(model, [3, 4], seed=0, total_nfe=NFE, outer=OUTER), render=lambda x0: b"")
-    w2._stop.set()  # Stop pressed while the step runs: it ends at the first inner event
+    w2._stop.set()  # Stop pressed while the step runs: it ends at the first inner event, and the step is undone
     w2.continue_button.click()
     w2.join(60)
-    assert w2.stopped and w2.session.step_index == 0 and w2.session.nfe["calls"] == 1 and w2.error is None
+    n = w2.session.nfe
+    assert w2.stopped and w2.session.step_index == 0 and w2.error is None
+    assert n["calls"] == 0 and n["interrupted_calls"] == 1  # the one NFE spent before the stop, reported apart
 
 
 def test_guided_chapter_claims(tmp_path):
