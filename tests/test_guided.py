@@ -1,11 +1,14 @@
 """Human-guided generation: what is kept is bit-identical to its uninterrupted run, and only what is kept costs NFEs."""
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from nestedlib import Network
 from nestedlib.guided import Guided
 from nestedlib.pipelines import paper_samplers, prepare
-from nestedlib.sampling import run, sample_generators
+from nestedlib.sampling import StopSampling, run, sample_generators
 
 NFE, OUTER = 20, 5  # 5 outer steps of 4 inner DDPM steps each
 
@@ -171,6 +174,97 @@ def test_widget_stop_cuts_a_step_short(model):
     n = w2.session.nfe
     assert w2.stopped and w2.session.step_index == 0 and w2.error is None
     assert n["calls"] == 0 and n["interrupted_calls"] == 1  # the one NFE spent before the stop, reported apart
+
+
+def test_widget_applies_only_what_the_user_changed():
+    """Class 1000 (unconditional) and w = 12 lie outside the widget's boxes (classes 0-9, w <= 10): shown clamped,
+    they must stay 1000 and 12 when Continue is pressed with nothing touched."""
+    from nestedlib.guided_widget import GuidedWidget
+
+    free = prepare("mnist-dit", cond=[1000, 3], guidance_scale=1.0)  # an unconditional and a labelled candidate
+    by_hand = Guided(free, seed=0, total_nfe=NFE, outer=OUTER, guidance=12.0)
+    by_hand.step()
+    w = GuidedWidget(Guided(free, seed=0, total_nfe=NFE, outer=OUTER, guidance=12.0), render=lambda x0: b"")
+    w.continue_button.click()
+    w.join(60)
+    s = w.session
+    assert w.error is None and s.step_index == 1
+    assert [int(s.candidates[i].cond) for i in (0, 1)] == [1000, 3]
+    assert [s.candidates[i].guidance for i in (0, 1)] == [12.0, 12.0]
+    assert torch.equal(s.previews(), by_hand.previews())
+    w.panels[1]["guidance"].value = 4.0  # a real change still applies, to that candidate only
+    w.continue_button.click()
+    w.join(60)
+    assert s.candidates[1].guidance == 4.0 and s.candidates[0].guidance == 12.0 and int(s.candidates[0].cond) == 1000
+
+
+def test_a_dropped_candidate_cannot_be_branched_or_reconditioned(model):
+    g = session(model)
+    g.run(1)
+    g.drop([2])
+    g.run(1)
+    with pytest.raises(ValueError, match="dropped candidate"):
+        g.branch(2, 2)  # its x_t stopped at step 1, the session is at step 2
+    with pytest.raises(ValueError, match="dropped candidate"):
+        g.condition(2, label=5)
+    with pytest.raises(ValueError, match="dropped candidate"):
+        g.keep([2])  # would drop every kept candidate and leave the session empty
+    assert len(g.candidates) == 8 and len(g.alive) == 7
+
+
+@pytest.mark.parametrize("stop, at", [(StopSampling, 1), (KeyboardInterrupt, 3), (StopSampling, 5)])
+def test_a_stop_inside_a_step_undoes_it(model, uninterrupted, stop, at):
+    """A stop inside an outer step (the callback raising, or Ctrl-C at the n-th inner event) leaves the session as
+    before that step: continuing gives the uninterrupted run bit for bit, at the same NFE count."""
+    events = []
+
+    def callback(event):
+        events.append(event)
+        if len(events) == at:
+            raise stop
+
+    g = session(model)
+    g.run(1)
+    with pytest.raises(stop):
+        g.step(callback)
+    assert g.step_index == 1 and g.nfe["calls"] == NFE // OUTER and g.nfe["interrupted_calls"] == min(at, 4)
+    g.run()
+    assert torch.equal(g.x0(), uninterrupted.x0())
+    assert all(torch.equal(a, b) for i in g.alive
+               for a, b in zip(g.candidates[i].previews, uninterrupted.candidates[i].previews))
+    assert g.nfe["calls"] == uninterrupted.nfe["calls"] and g.nfe["image_nfe"] == uninterrupted.nfe["image_nfe"]
+
+
+def test_silent_bad_input_is_refused(model):
+    g = session(model)
+    for bad in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError, match="finite number >= 0"):
+            g.condition(0, guidance=bad)
+        with pytest.raises(ValueError, match="finite number >= 0"):
+            Guided(model, [3], total_nfe=NFE, outer=OUTER, guidance=bad)
+    for steps in (-1, 0, 2.0, True):
+        with pytest.raises(ValueError, match="positive number of outer steps"):
+            g.run(steps)
+    with pytest.raises(ValueError, match="only 5 of 5 are left"):
+        g.run(6)
+    assert g.step_index == 0 and g.nfe["calls"] == 0
+    with pytest.raises(ValueError, match="whole number"):
+        g.condition(0, label=3.5)
+    with pytest.raises(ValueError, match="whole number"):
+        Guided(model, [3, "3"], total_nfe=NFE, outer=OUTER)
+    g.run()
+    for action in (lambda: g.keep([0]), lambda: g.condition(0, label=4), lambda: g.branch(0, 2), lambda: g.drop([0])):
+        with pytest.raises(ValueError, match="after the end"):
+            action()
+    assert g.alive == list(range(8)) and len(g.candidates) == 8
+
+
+@pytest.mark.parametrize("label", [np.int64(3), np.int32(3), 3.0, np.float64(3.0), torch.tensor(3), torch.tensor([3])])
+def test_integral_labels_of_any_type_are_accepted(model, label):
+    g = Guided(model, [label, 4], seed=0, total_nfe=NFE, outer=OUTER)
+    assert int(g.candidates[0].cond) == 3 and g.candidates[0].cond.dtype == torch.long
+    g.condition(1, label=label)
+    assert int(g.candidates[1].cond) == 3
 
 
 def test_guided_chapter_claims(tmp_path):
