@@ -1,4 +1,5 @@
 """Algorithms 1 and 2 as anytime samplers: reverting to vanilla, NFE accounting, budgets, errors, guidance."""
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -197,6 +198,85 @@ def test_mismatched_shapes_are_refused(schedule):
         run(vanilla(wrong, schedule, 3), x_T, generator=g)
     with pytest.raises(ValueError, match="needs a null condition"):
         Network(lambda x, t, c: x, cond=torch.zeros(8), guidance_scale=1.5)
+
+
+def test_bad_starting_noise_is_refused_before_the_first_step(toy_net, schedule):
+    """A NaN x_T used to give NaN images silently, a wrong shape a raw broadcasting error from inside the step."""
+    from nestedlib.inverse import ddrm, super_resolution
+
+    x_T, g = _noise(15, n=4)
+    for bad in (float("nan"), float("inf")):
+        x = x_T.clone()
+        x[1, 0] = bad
+        with pytest.raises(ValueError, match="NaN or infinite entries; start from finite noise"):
+            run(vanilla(toy_net, schedule, 3), x, generator=g)
+    op = super_resolution(4)  # DDRM knows its images: one (1, 32, 32) image per measurement
+    sampler = ddrm(Network(lambda x, t, c: torch.zeros_like(x)), schedule, op, torch.zeros(2, 64), 3)
+    for shape in [(2, 1, 16, 16), (3, 1, 32, 32), (2, 32, 32)]:
+        with pytest.raises(ValueError, match=r"takes \(2, 1, 32, 32\); draw it with model.noise"):
+            run(sampler, torch.zeros(shape))
+    sized = Network(lambda x, t, c: torch.zeros_like(x), image_shape=(4, 8, 8))  # a model that knows its latents
+    with pytest.raises(ValueError, match=r"takes \(batch, 4, 8, 8\)"):
+        run(vanilla(sized, schedule, 3), torch.zeros(2, 4, 16, 16))
+    assert run(vanilla(sized, schedule, 3), torch.zeros(5, 4, 8, 8)).nfe == 3  # any batch: no condition fixes it
+
+
+# ---- the public pieces of the loop: one step, one NFE counter, one grid function, one integer check -------------
+
+def test_iterate_is_step_repeated_and_a_run_can_be_resumed_by_hand(toy_net, schedule):
+    """`Diffusion.step` is the loop body: stepping by hand under `counting_nfe` is `run`, bit for bit."""
+    from nestedlib.sampling import counting_nfe
+
+    proc = nested(vanilla(toy_net, schedule, 4, transition="ddpm"), 5)
+    x_T, g = _noise(16)
+    ref = run(proc, x_T, generator=g)
+    x, g, grid = x_T, _noise(16)[1], proc.grid(999)
+    with counting_nfe() as counter:
+        for j in range(len(grid)):
+            with counting_nfe(counter):  # resumed: the same counter across separate blocks, as a session does
+                event = proc.step(x, j, grid, Context(generator=g))
+            assert torch.equal(event.x0, ref.previews[j].x0) and event.nfe == ref.previews[j].nfe
+            x = event.x
+    assert torch.equal(x, ref.previews[-1].x) and counter.count == ref.nfe == 20
+
+
+def test_nested_counting_counts_in_the_innermost_counter(toy_net):
+    from nestedlib.sampling import count_nfe, counting_nfe, nfe_so_far
+
+    with counting_nfe() as outer:
+        count_nfe()
+        with counting_nfe() as inner:
+            count_nfe(), count_nfe()
+        assert nfe_so_far() == 1
+    assert (outer.count, inner.count, nfe_so_far()) == (1, 2, 0)
+
+
+def test_one_grid_function_for_every_process(toy_net, schedule):
+    from nestedlib.schedules import process_grid
+
+    solver = DPMSolverMultistepScheduler()
+    for steps, index in [(5, 0), ([3, 4, 5], 2), (np.int64(6), 0)]:
+        d = vanilla(toy_net, schedule, steps, t_end=1, drop_end=True)
+        s = SchedulerSampler(solver, toy_net, steps, t_end=1, drop_end=True)
+        want = process_grid(steps, 700, index, t_end=1, drop_end=True)
+        assert d.grid(700, index) == s.grid(700, index) == want and s.nfe(700, index) == len(want)
+    with pytest.raises(ValueError, match="one count per step of the enclosing process"):
+        process_grid([3, 4], 700, 2)
+
+
+def test_positive_integers_may_be_numpy_integers_never_bools(toy_net, schedule):
+    from nestedlib.schedules import allocate, positive_int, split_budget
+
+    assert positive_int("n", np.int64(3)) == 3 and type(positive_int("n", np.int32(3))) is int
+    for bad in (True, np.bool_(True), 0, -1, 2.0, "3", None):
+        with pytest.raises(ValueError, match="n must be a positive integer"):
+            positive_int("n", bad)
+    x_T, g = _noise(17)
+    assert run(vanilla(toy_net, schedule, np.int64(5)), x_T, generator=g, budget=np.int64(3)).nfe == 3
+    assert run(nested(vanilla(toy_net, schedule, 2), np.int64(3)), x_T, generator=g).nfe == 6
+    assert split_budget(np.int64(20), np.int32(5)) == 4 and sum(allocate(np.int64(20), np.int64(4))) == 20
+    with pytest.raises(ValueError, match="positive integer"):
+        vanilla(toy_net, schedule, [4, True])
 
 
 # ---- guidance and learned variance: part of the network, used by the inner process only --------------------------
