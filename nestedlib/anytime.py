@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .sampling import Diffusion, run, sample_generators
+from .schedules import positive_int
 
 LAWS = ("early", "uniform", "late", "end")
 
@@ -29,8 +30,7 @@ LAWS = ("early", "uniform", "late", "end")
 def stopping_law(name: str, budget: int) -> np.ndarray:
     """P(tau) for tau = 1..budget: "early" ~ exp(-tau / (budget/5)) (a user who mostly glances at the first fifth),
     "uniform" (any NFE alike), "late" ~ tau (mostly near the end), "end" (always at the budget: final quality)."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
-        raise ValueError(f"budget must be a positive number of NFEs, got {budget!r}")
+    budget = positive_int("budget", budget, "a positive number of NFEs")
     tau = np.arange(1, budget + 1, dtype=np.float64)
     if name == "early":
         w = np.exp(-tau / (budget / 5))

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from .schedules import CLEAN, OUTER_T_END, Schedule
+from .schedules import CLEAN, OUTER_T_END, Schedule, positive_int
 from .sampling import Context, Diffusion, Estimate, NetworkMean, X0Sampler
 from .transitions import randn
 
@@ -108,9 +108,10 @@ def centre_mask(size: int = 32, hole: int = 12) -> torch.Tensor:
 
 def super_resolution(factor: int = 4, size: int = 32, sigma_y: float = 0.0) -> Operator:
     """factor x super-resolution: A averages each factor x factor block (singular values 1 / factor)."""
-    if not isinstance(factor, int) or factor < 1 or size % factor:
-        raise ValueError(f"the scale factor must be a positive integer that divides the image size {size} "
-                         f"(e.g. 2, 4 or 8), got {factor!r}")
+    what = f"a positive integer that divides the image size {size} (e.g. 2, 4 or 8)"
+    factor = positive_int("the scale factor", factor, what)
+    if size % factor:
+        raise ValueError(f"the scale factor must be {what}, got {factor!r}")
     low = size // factor
     rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     block = ((rows // factor) * low + cols // factor).flatten()  # the low-resolution pixel each pixel falls in

@@ -9,6 +9,8 @@ Three pieces, as in the paper's Eq. 1, p(x_{t'} | x_t) = ∫ q(x_{t'} | x_0, x_t
 `Diffusion` is Algorithm 1. It is also an x0-sampler: run from x_t down to the clean end, it returns a sample of
 p(x_0 | x_t). Algorithm 2 is therefore `Diffusion(Diffusion(...), DDIM(schedule), outer)`: no second loop, and any
 depth of nesting works the same way. `run` drives a sampler and reports every x̂_0, at every depth, as an `Event`.
+The loop body is public, `Diffusion.step(x, j, grid, ctx)`, and so is the NFE counter (`counting_nfe`): anything
+that steps by hand (human-guided generation) resumes the same loop with the same count.
 """
 from __future__ import annotations
 
