@@ -316,6 +316,10 @@ def test_sampling_keeps_no_autograd_graph(dit_pipe, sd_pipe):
 # ---- the paper preset's vanilla Stable Diffusion: the unaltered sampler (diffusers' DDIM with SD 1.5's config) ------
 
 
+# SD 1.5's scheduler_config.json, as DDIMScheduler.from_config reads it (its timestep_spacing: diffusers' default)
+SD15_SCHEDULER = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
+
+
 @pytest.mark.parametrize("steps", [50, 12])
 def test_the_paper_preset_vanilla_sd_is_diffusers_stable_diffusion_pipeline(steps):
     """preset="paper" vanilla = StableDiffusionPipeline with DDIMScheduler under SD 1.5's config (leading spacing,
@@ -324,9 +328,7 @@ def test_the_paper_preset_vanilla_sd_is_diffusers_stable_diffusion_pipeline(step
     whose square roots diffusers takes in float32 (relative 2^-24 = 6e-8 per coefficient) and we in float64; over
     `steps` DDIM steps of this contracting sampler that stays below steps x 1e-7 of the latents' scale, while the
     book's ending at x̂_0 on round(linspace(1, 999)) is off by ~3 % of epŝ (1e-2 here)."""
-    from nestedlib.pipelines import SD15_DDIM, sd15_timesteps
-
-    pipe = tiny_sd_pipe(**SD15_DDIM).to(torch.float64)
+    pipe = tiny_sd_pipe(**SD15_SCHEDULER).to(torch.float64)
     pipe.set_progress_bar_config(disable=True)
     prompts = ["a seven", "a digit"]
     model = sd_model(pipe, prompts, guidance_scale=7.5, preset="paper")
@@ -341,7 +343,7 @@ def test_the_paper_preset_vanilla_sd_is_diffusers_stable_diffusion_pipeline(step
     finally:
         handle.remove()
     pipe.scheduler.set_timesteps(steps)
-    assert seen[:n_ours] == pipe.scheduler.timesteps.tolist() == sd15_timesteps(steps) == seen[n_ours:]
+    assert seen[:n_ours] == pipe.scheduler.timesteps.tolist() == seen[n_ours:]  # 981, 961, ..., 1 at 50 steps
     scale = theirs.abs().max().item()
     assert (ours - theirs).abs().max().item() <= steps * 1e-7 * scale
     book = run(paper_samplers(sd_model(pipe, prompts, guidance_scale=7.5), steps, outer=1 if steps == 12 else None)
@@ -349,9 +351,14 @@ def test_the_paper_preset_vanilla_sd_is_diffusers_stable_diffusion_pipeline(step
     assert (book - theirs).abs().max().item() > 1e3 * steps * 1e-7 * scale  # the test tells the two apart
 
 
-def test_sd15_grid_refuses_what_diffusers_cannot_sample():
-    from nestedlib.pipelines import sd15_timesteps
+def test_sd15_grid_is_diffusers_and_refuses_what_diffusers_cannot_sample():
+    from nestedlib.pipelines import SD15_DDIM, sd15_timesteps
 
+    assert SD15_DDIM == SD15_SCHEDULER
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, **SD15_SCHEDULER)
+    for steps in (1, 4, 7, 25, 50, 100, 150, 250, 333, 500):
+        scheduler.set_timesteps(steps)
+        assert sd15_timesteps(steps) == scheduler.timesteps.tolist()
     assert sd15_timesteps(500)[0] == 999 and sd15_timesteps(4) == [751, 501, 251, 1]
     with pytest.raises(ValueError, match="at most 500 steps"):
         sd15_timesteps(1000)
