@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .models import ModelInfo, info, load
+from . import models as registry  # called through the module, so a test may stand in for registry.load
+from .models import ModelInfo
 from .sampling import (Context, Diffusion, Estimate, Event, Network, NetworkMean, nested, nfe_so_far, predict_x0,
                        vanilla)
 from .schedules import CLEAN, Schedule, split_budget
@@ -290,18 +291,18 @@ def prepare(name: str, cond: Any = None, guidance_scale: float | None = None, *,
     Diffusion samplers, "book" (BOOK) for this book's defaults; see `Preset`.
     """
     preset = preset_of(preset)
-    entry = info(name)  # an unknown name fails here, listing the known ones
+    entry = registry.info(name)  # an unknown name fails here, listing the known ones
     if entry.family not in ADAPTERS:
         raise ValueError(f"{name} is not a diffusion model ({entry.description}); load it with "
                          f"nestedlib.models.load({name!r})")
     if preset.name not in entry.presets:
         raise ValueError(f"{name} supports the presets {entry.presets}, not {preset.name!r}")
     scale = entry.guidance if guidance_scale is None else guidance_scale
-    model = ADAPTERS[entry.family](load(name, device=device), entry, cond, 1.0 if scale is None else scale,
+    model = ADAPTERS[entry.family](registry.load(name, device=device), entry, cond, 1.0 if scale is None else scale,
                                    batch_size, preset)
     decoders = entry.preview_decoders
     model.latents = entry.latents
-    model.preview_decoders = (lambda: load(decoders, device=model.device)) if decoders else None
+    model.preview_decoders = (lambda: registry.load(decoders, device=model.device)) if decoders else None
     return model
 
 

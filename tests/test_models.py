@@ -217,6 +217,8 @@ def test_every_fact_of_a_model_is_in_its_entry():
     for name in models.REGISTRY:
         entry = models.info(name)
         assert callable(entry.loader) and (entry.family is None) == (entry.presets == ())
+        if entry.preview_decoders:  # the cheap decoders it names were fitted to its own latent family
+            assert models.info(entry.preview_decoders).latents == entry.latents
     with pytest.raises(ValueError, match="names its trained classes and its null class"):
         models.ModelInfo("x", "bundled", "a DiT without classes", models.load_dit_pipeline, family="dit")
 
