@@ -25,7 +25,7 @@ from . import models as registry  # called through the module, so a test may sta
 from .models import ModelInfo
 from .sampling import (Context, Diffusion, Estimate, Event, Network, NetworkMean, nested, nfe_so_far, predict_x0,
                        vanilla)
-from .schedules import CLEAN, Schedule, split_budget
+from .schedules import CLEAN, SPACINGS, Schedule, split_budget
 from .transitions import DDIM, randn
 
 
@@ -42,6 +42,11 @@ class Preset:
     sd_inner_end_abar0: bool  # SD inner DDIM: last step from t = 1 to abar_0 = 0.99915 (True) or exactly to x̂_0
     sd_vanilla: str  # SD vanilla DDIM: "linspace" (round(linspace(1, 999)), to x̂_0) or "sd15" (`sd15_timesteps`)
     sd_guidance_below_one: bool  # w < 1 means eps_u + w (eps_c - eps_u) (True), or is refused (the authors: off)
+
+    def __post_init__(self):
+        if self.grid_spacing not in SPACINGS or self.sd_vanilla not in ("linspace", "sd15"):
+            raise ValueError(f"preset {self.name!r}: grid_spacing must be one of {SPACINGS} and sd_vanilla 'linspace' "
+                             f"or 'sd15', got {self.grid_spacing!r} and {self.sd_vanilla!r}")
 
     def __str__(self) -> str:
         return self.name

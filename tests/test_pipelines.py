@@ -372,7 +372,10 @@ def test_sd15_grid_is_diffusers_and_refuses_what_diffusers_cannot_sample():
 def test_a_preset_is_one_object_that_names_what_it_sets(dit_pipe, sd_pipe):
     from nestedlib.pipelines import BOOK, PAPER, PRESETS, Preset, preset_of
 
+    from nestedlib import models
+
     assert PRESETS == {"book": BOOK, "paper": PAPER} and preset_of("paper") is PAPER and preset_of(BOOK) is BOOK
+    assert tuple(PRESETS) == models.PRESETS  # the names the registry's entries may list
     assert (PAPER.grid_spacing, PAPER.dit_guided_channels, PAPER.sd_inner_end_abar0, PAPER.sd_vanilla,
             PAPER.sd_guidance_below_one) == ("space_timesteps", 3, True, "sd15", False)
     assert (BOOK.grid_spacing, BOOK.dit_guided_channels, BOOK.sd_inner_end_abar0, BOOK.sd_vanilla,
@@ -387,6 +390,8 @@ def test_a_preset_is_one_object_that_names_what_it_sets(dit_pipe, sd_pipe):
     assert list(grids.values())[2] == grids[PAPER]
     with pytest.raises(ValueError, match="unknown preset 'authors'"):
         preset_of("authors")
+    with pytest.raises(ValueError, match="grid_spacing must be one of"):
+        Preset("typo", "linear", None, False, "linspace", True)
 
 
 def test_pixel_models_take_the_preset_themselves():
