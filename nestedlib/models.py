@@ -35,7 +35,7 @@ from .weights import (DATA_ROOT, SUMS_FILE, file_sha256, load_classifier, load_d
                       load_dit_pipeline, load_preview_decoders, load_sd_pipeline, load_vae, verify_checksums)
 
 FAMILIES = ("dit", "sd", "pixel")  # how nestedlib.pipelines.prepare wraps a sampler: see its ADAPTERS
-PRESETS = ("book", "paper")  # nestedlib.pipelines.PRESETS: this book's defaults, the authors' exact settings
+PRESETS = ("book", "paper")  # nestedlib.presets.PRESETS: this book's defaults, the authors' exact settings
 
 
 @dataclass(frozen=True)
