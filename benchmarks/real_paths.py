@@ -40,18 +40,18 @@ def one_case(model_key: str, case: str, threads: int) -> dict:
     """Time one sampling run of `case` in this (fresh) process after one warm-up run; report peak memory."""
     import torch
 
-    from nestedlib import models, run
-    from nestedlib.pipelines import GUIDANCE, dit_model, paper_samplers, sd_model
+    from nestedlib import models, prompts, run
+    from nestedlib.pipelines import dit_model, paper_samplers, sd_model
 
     torch.set_num_threads(threads)
     cfg = SETTINGS[model_key]
-    n, nfe, scale = cfg["batch"], cfg["nfe"], GUIDANCE[cfg["name"]]
+    n, nfe, scale = cfg["batch"], cfg["nfe"], models.info(cfg["name"]).guidance
     pipe = models.load(cfg["name"])  # one copy of the weights, shared by our wrapper and diffusers' pipeline
     if model_key == "dit":
         cond = [i % 10 for i in range(n)]
         model, module = dit_model(pipe, cond, scale), pipe.transformer
     else:
-        cond = [models.prompts_for(i % 10)[0] for i in range(n)]
+        cond = [prompts.prompts_for(i % 10)[0] for i in range(n)]
         model, module = sd_model(pipe, cond, scale), pipe.unet
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
 

@@ -8,7 +8,7 @@ What popular tools show while sampling a latent model:
 * ``"tiny"``: a small conv net trained to reproduce D's output (the TAESD idea, Bohan 2023).
 
 The linear map and the tiny decoder ship together in ``data/mnist-tiny-decoder`` (`python scripts/train.py
-tiny-decoder`). ``preview_decoder(model, name)`` returns a callable latent -> image for `run(..., decode=...)`.
+tiny-decoder`); the registry (nestedlib.models) says which models' latents they fit. ``preview_decoder(model, name)`` returns a callable latent -> image for `run(..., decode=...)`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 DECODERS = ("vae", "linear", "tiny")  # the preview decoders `preview_decoder` knows
-LATENT_MODELS = ("mnist-dit", "mnist-sd")  # the models whose latents are mnist-vae's (what the cheap ones fit)
 PATCH = 4  # mnist-vae downsamples 32 -> 8: one latent pixel stands for a 4x4 pixel patch
 
 
@@ -97,7 +96,10 @@ def _clamped(net: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def preview_decoder(model, name: str = "vae") -> Callable[[torch.Tensor], torch.Tensor]:
-    """A preview decoder for `run(..., decode=...)`: latent x̂_0 -> image in [-1, 1] ('vae', 'linear' or 'tiny')."""
+    """A preview decoder for `run(..., decode=...)`: latent x̂_0 -> image in [-1, 1] ('vae', 'linear' or 'tiny').
+
+    The cheap ones are those fitted to the model's latent family (its registry entry's `preview_decoders`, which
+    `nestedlib.pipelines.prepare` hands to the model as `model.preview_decoders`)."""
     if name not in DECODERS:
         raise ValueError(f"unknown preview decoder {name!r}; choose one of {', '.join(map(repr, DECODERS))}")
     if model.kind == "pixel":
@@ -105,11 +107,11 @@ def preview_decoder(model, name: str = "vae") -> Callable[[torch.Tensor], torch.
                          "nothing to decode; show model.decode(x0) (a clamp) instead of a preview decoder")
     if name == "vae":
         return model.decode
-    if model.name not in LATENT_MODELS:
-        raise ValueError(f"the bundled 'linear' and 'tiny' decoders were fitted to mnist-vae's latents, which "
-                         f"{model.name} does not use; use 'vae', or a decoder fitted to its own VAE (for Stable "
-                         "Diffusion, TAESD: madebyollin/taesd on the hub)")
-    from .models import load
-
-    decoders = load("mnist-tiny-decoder", device=model.device)
+    if getattr(model, "preview_decoders", None) is None:
+        latents = getattr(model, "latents", None)
+        whose = f"its latents ({latents})" if latents else "its latents (unknown: build it with prepare(name))"
+        raise ValueError(f"no cheap preview decoder is fitted to {whose}: the bundled 'linear' and 'tiny' decoders "
+                         f"were fitted to mnist-vae's latents, which {model.name} does not use; use 'vae', or a "
+                         "decoder fitted to its own VAE (for Stable Diffusion, TAESD: madebyollin/taesd on the hub)")
+    decoders = model.preview_decoders()
     return _clamped(decoders.linear if name == "linear" else decoders.tiny)

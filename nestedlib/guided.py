@@ -38,8 +38,6 @@ from .sampling import (Context, Diffusion, Event, Network, NFECounter, cat_condi
 from .schedules import positive_int
 from .transitions import randn
 
-CLASSES = {"mnist-dit": 10}  # classes a bundled model was trained on (others: every label below the null class)
-
 
 @dataclass
 class Candidate:
@@ -106,7 +104,7 @@ class Guided:
         base = model.network
         self.model, self.net = model, RowNetwork(base, micro_batch)
         self.null = None if base.null_cond is None else base.null_cond[:1]
-        self.num_classes = CLASSES.get(model.name, int(self.null[0])) if model.kind == "dit" else None  # DiT: labels
+        self.num_classes = model.classes if model.kind == "dit" else None  # DiT: its trained labels (registry)
         conds = [None] * model.shape[0] if base.cond is None else [base.cond[i:i + 1] for i in range(model.shape[0])]
         if labels is not None:
             conds = [self._label(label) for label in labels]

@@ -3,7 +3,7 @@
 `nestedlib.models` loads these folders (registry, sha256 check, clear errors); this module builds and writes them,
 for `train.py` and `evaluate.py`. Each builder returns a freshly initialised model with the shipped
 hyper-parameters; `tiny=True` gives a smaller one for tests. The 8x8 UNet's builder stays in nestedlib
-(`nestedlib.models.build_digits8_unet`), because the chapter "Train your own" builds it too.
+(`nestedlib.architectures.build_digits8_unet`), because the chapter "Train your own" builds it too.
 
 Conventions shared by the bundled latent models (so they behave like DiT-XL/2 and SD 1.5):
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from nestedlib import models
+from nestedlib import architectures, data, models, prompts, weights
 
 DIT_NULL_CLASS = 1000  # null label of DiTPipeline's guidance (hard-coded there)
 SD_NULL_PROMPT = ""  # empty prompt = unconditional branch of guidance
@@ -66,9 +66,9 @@ def sd_scheduler_config() -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
-def build_classifier(tiny: bool = False) -> models.DigitClassifier:
+def build_classifier(tiny: bool = False) -> architectures.DigitClassifier:
     """The evaluation classifier (shipped: width 32, 128 features)."""
-    return models.DigitClassifier(width=8 if tiny else 32, num_features=16 if tiny else 128)
+    return architectures.DigitClassifier(width=8 if tiny else 32, num_features=16 if tiny else 128)
 
 
 def build_vae(tiny: bool = False):
@@ -93,7 +93,7 @@ def build_dit(tiny: bool = False):
         num_layers=1 if tiny else 6, sample_size=8, patch_size=2,
         num_embeds_ada_norm=DIT_NULL_CLASS,  # labels 0..999 (we use 0..9); row 1000 = null class for CFG
     )
-    return models.disable_label_dropout(model)
+    return architectures.disable_label_dropout(model)
 
 
 def build_pixel_unet(tiny: bool = False):
@@ -113,10 +113,10 @@ def build_pixel_unet(tiny: bool = False):
 
 
 def build_tokenizer(max_length: int = 16):
-    """CLIPTokenizer over the vocabulary of the label prompts (`models.prompts_for`), one token per word."""
+    """CLIPTokenizer over the vocabulary of the label prompts (`prompts.prompts_for`), one token per word."""
     from transformers import CLIPTokenizer
 
-    words = sorted({w for c in range(10) for p in models.prompts_for(c) for w in p.split()})
+    words = sorted({w for c in range(10) for p in prompts.prompts_for(c) for w in p.split()})
     chars = sorted({ch for w in words for ch in w})
     vocab: dict[str, int] = {}
     for tok in chars + [c + "</w>" for c in chars]:  # single characters: BPE fallback
@@ -195,7 +195,7 @@ def fold_latent_normalisation(vae, mean: torch.Tensor, std: torch.Tensor):
 # ----------------------------------------------------------------------------------------------
 
 
-def save_classifier(model: models.DigitClassifier, folder: Path) -> None:
+def save_classifier(model: architectures.DigitClassifier, folder: Path) -> None:
     """Save the classifier as model.safetensors + config.json (what `nestedlib.models.load` rebuilds it from)."""
     from safetensors.torch import save_file
 
@@ -208,9 +208,9 @@ def write_checksums(folder: Path) -> Path:
     """Write SHA256SUMS (sha256sum format, checked by `nestedlib.models.load`) for every weight and config file."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json", ".txt"))
-    lines = [f"{models.file_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in files]
-    (folder / models.SUMS_FILE).write_text("\n".join(lines) + "\n")
-    return folder / models.SUMS_FILE
+    lines = [f"{weights.file_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in files]
+    (folder / weights.SUMS_FILE).write_text("\n".join(lines) + "\n")
+    return folder / weights.SUMS_FILE
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,11 +224,11 @@ def preview_latents(dit_pipe, z0: torch.Tensor, labels: torch.Tensor, g: torch.G
     """Vanilla previews x̂_0 = E[z_0 | z_t] (DDPM eq. 15) of clean latents z0: z_t = sqrt(abar) z0 + sqrt(1-abar) eps
     with one t ~ U{0..999} per chunk, through the DiT (paper preset, its book guidance scale)."""
     from nestedlib import Schedule
-    from nestedlib.pipelines import GUIDANCE, dit_model
+    from nestedlib.pipelines import dit_model
     from nestedlib.sampling import predict_x0
 
     schedule = Schedule.linear()  # mnist-dit's chain
-    scale = GUIDANCE["mnist-dit"] if guidance is None else guidance
+    scale = models.info("mnist-dit").guidance if guidance is None else guidance
     out = []
     for i in range(0, len(z0), chunk):
         z, y = z0[i : i + chunk], labels[i : i + chunk]
@@ -243,6 +243,31 @@ def preview_latents(dit_pipe, z0: torch.Tensor, labels: torch.Tensor, g: torch.G
 def vae_images(vae, z: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """D(z) clamped to [-1, 1]: the full decoder's images (scaling_factor 1), the preview decoders' targets."""
     return torch.cat([vae.decode(z[i : i + batch]).sample.clamp(-1, 1) for i in range(0, len(z), batch)])
+
+
+@torch.no_grad()
+def encode_split(vae, x: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of the (normalised) latents of images x: (N,4,8,8) each."""
+    mus, stds = [], []
+    for i in range(0, len(x), batch):
+        d = vae.encode(x[i : i + batch]).latent_dist
+        mus.append(d.mean)
+        stds.append(d.std)
+    return torch.cat(mus), torch.cat(stds)
+
+
+def decoder_training_set(vae, dit_pipe, g: torch.Generator, split: str = "train") -> dict[str, torch.Tensor]:
+    """Latents of one MNIST split as the samplers see them (normalised, as the DiT's x̂_0 before `model.decode`) and
+    the full VAE decoder's images of them: "clean" (posterior means and one posterior draw per digit, what the DiT
+    was trained on) and "preview" (two vanilla previews E[z_0 | z_t] per digit, t ~ U{0..999}, through the DiT)."""
+    x, y = data.mnist(split)
+    mu, std = encode_split(vae, x)
+    clean = torch.cat([mu, mu + std * torch.randn(mu.shape, generator=g)])
+    perm = torch.randperm(2 * len(mu), generator=g)  # mixed classes within each chunk of one t
+    z0, labels = torch.cat([clean[len(mu):]] * 2)[perm], torch.cat([y, y])[perm]
+    preview = preview_latents(dit_pipe, z0, labels, g)
+    return {"clean": clean, "clean_images": vae_images(vae, clean), "clean_labels": torch.cat([y, y]),
+            "preview": preview, "preview_images": vae_images(vae, preview), "preview_labels": labels}
 
 
 def save_preview_decoders(decoders, folder: Path) -> None:

@@ -2,7 +2,7 @@
 
     python scripts/evaluate.py classifier   # held-out accuracy, real-vs-real FID/KID floor
     python scripts/evaluate.py vae          # held-out L1, classifier accuracy on reconstructions
-    python scripts/evaluate.py dit          # 1,000 samples, 250-step DDPM (learned variance), guidance 3
+    python scripts/evaluate.py dit          # 1,000 samples, 250-step DDPM (learned variance), guidance 1.5
     python scripts/evaluate.py sd           # 1,000 prompts, 50-step DDIM, guidance 4
     python scripts/evaluate.py digits8      # 1,000 unconditional samples, 250-step DDPM
     python scripts/evaluate.py pixel        # 1,000 unconditional samples, 100-step DDPM (--device cuda: faster)
@@ -32,11 +32,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bundles as B  # noqa: E402
 from nestedlib import data, metrics, models, run, vanilla  # noqa: E402
+from nestedlib import prompts as P  # noqa: E402
 from nestedlib.pipelines import Model, dit_model, sd_model  # noqa: E402
 from nestedlib.widgets import image_grid, png  # noqa: E402
 
-DIT_GUIDANCE = 3.0  # the book's guidance scale for mnist-dit
-SD_GUIDANCE = 4.0  # the book's guidance scale for mnist-sd
+DIT_GUIDANCE = models.info("mnist-dit").guidance  # the registry's default, the one the chapters sample with
+SD_GUIDANCE = models.info("mnist-sd").guidance
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,7 +115,7 @@ def accuracy(classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
 def sd_prompts(n: int) -> tuple[list[str], torch.Tensor]:
     """n evaluation prompts cycling through labels and templates, and their labels."""
     labels = torch.arange(n) % 10
-    prompts = [models.prompts_for(int(c))[(i // 10) % len(models.PROMPT_TEMPLATES)] for i, c in enumerate(labels)]
+    prompts = [P.prompts_for(int(c))[(i // 10) % len(P.PROMPT_TEMPLATES)] for i, c in enumerate(labels)]
     return prompts, labels
 
 
@@ -269,12 +270,11 @@ def evaluate_pixel(n: int, seed: int, steps: int = 100, device: str = "cpu") -> 
 def evaluate_tiny_decoder(n: int, seed: int) -> tuple[dict, torch.Tensor]:
     """The preview decoders on held-out latents (clean and vanilla previews): L1/MSE against the full VAE decoder's
     images, classifier accuracy on their decodes, and their cost (median ms, one thread) beside the VAE's."""
-    import train as TR  # noqa: PLC0415 (train imports this module)
     from nestedlib.decoders import preview_decoder
     from nestedlib.pipelines import prepare
 
     clf, vae, dit = models.load("mnist-classifier"), models.load("mnist-vae"), models.load("mnist-dit")
-    pairs = TR.decoder_training_set(vae, dit, torch.Generator().manual_seed(seed), split="heldout")
+    pairs = B.decoder_training_set(vae, dit, torch.Generator().manual_seed(seed), split="heldout")
     model = prepare("mnist-dit", cond=[0])
     dec = {name: preview_decoder(model, name) for name in ("vae", "linear", "tiny")}
     n_mu = len(pairs["clean"]) // 2  # the posterior means come first
@@ -383,6 +383,8 @@ def write_card(name: str, m: dict, folder: Path) -> Path:
                   "| step | minutes | accuracy |", "|---:|---:|---:|"]
         lines += [f"| {e['step']} | {e['wall_s'] / 60:.1f} | {e['track_acc']:.3f} |" for e in tracked] + [""]
     on = f" --device {m['device']}" if m.get("device", "cpu") != "cpu" else ""
+    on += f" --n {m['n']}" if m.get("n", 1000) != 1000 else ""  # the options that were not the defaults
+    on += f" --seed {m['seed']}" if m.get("seed", 0) != 0 else ""
     lines += ["## Metrics", "", f"Measured by `python scripts/evaluate.py {key}{on}`:", "", "```json",
               json.dumps(m, indent=1), "```", "", "## Samples", "", CAPTIONS[name], "", "![samples](samples.png)", ""]
     path = folder / "MODEL_CARD.md"
@@ -401,7 +403,8 @@ def main(argv: list[str] | None = None) -> None:
                     help=f"one of {', '.join(B.BUNDLED)} (or its registry name, e.g. mnist-dit)")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--guidance", type=float, default=None, help="dit/sd: guidance scale (default: the book's)")
+    ap.add_argument("--guidance", type=float, default=None, help="dit/sd: guidance scale (default: the registry's, "
+                    f"{DIT_GUIDANCE} for dit and {SD_GUIDANCE} for sd)")
     ap.add_argument("--print-only", action="store_true", help="print the figures, leave data/ untouched")
     ap.add_argument("--device", default="cpu", help="pixel only: where the samples are drawn (cpu or cuda)")
     args = ap.parse_args(argv)

@@ -41,8 +41,6 @@ sys.path.insert(0, str(ROOT))
 PAPER_BUDGETS = [100, 150, 250]
 PAPER_PERCENTS = [20, 40, 60, 80, 100]
 SAMPLERS = ("vanilla", "nested")
-NUM_CLASSES = 10  # the bundled DiT's digits; sample i asks for digit i % 10, as balanced as the held-out set
-SUPPORTED = ("mnist-dit",)
 JUDGES = ("classifier", "logits", "pixels")  # feature spaces of FID/KID: see judges_of  # the metrics read digits through mnist-classifier
 
 
@@ -84,9 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and check the command line; a bad value exits with a message that says what to pass instead."""
     ap = parser()
     args = ap.parse_args(argv)
-    if args.model not in SUPPORTED:
+    from nestedlib import models
+
+    supported = models.names(family="dit", judge="mnist-classifier")  # the registry's class-conditional digit models
+    if args.model not in supported:
         ap.error(f"--model {args.model}: the sweep's metrics read digits through mnist-classifier, so it supports "
-                 f"{', '.join(SUPPORTED)} (DiT-XL/2 needs Inception FID, which is for online GPU users)")
+                 f"{', '.join(supported)} (DiT-XL/2 needs Inception FID, which is for online GPU users)")
     if args.outer < 1:
         ap.error(f"--outer must be a positive number of outer steps, got {args.outer}")
     for b in args.budgets:
@@ -177,9 +178,12 @@ def chunks(n: int, batch: int) -> list[range]:
     return [range(lo, min(lo + batch, n)) for lo in range(0, n, batch)]
 
 
-def labels_of(indices: range) -> list[int]:
-    """Sample i asks for digit i % 10: it depends on the index only, and 100 samples hold 10 of each digit."""
-    return [i % NUM_CLASSES for i in indices]
+def labels_of(indices: range, model: str = "mnist-dit") -> list[int]:
+    """Sample i asks for class i % classes (the model's registry entry): it depends on the index only, and 100
+    samples of mnist-dit hold 10 of each digit."""
+    from nestedlib import models
+
+    return [i % models.info(model).classes for i in indices]
 
 
 class Sampler:
@@ -187,19 +191,21 @@ class Sampler:
 
     def __init__(self, args, device):
         from nestedlib import models
-        from nestedlib.pipelines import GUIDANCE
 
         self.args, self.device = args, device
         self.pipe = models.load(args.model, device=device)
-        self.guidance = args.guidance if args.guidance is not None else GUIDANCE.get(args.model, 1.5)
+        self.entry = models.info(args.model)
+        self.guidance = args.guidance if args.guidance is not None else self.entry.guidance
 
     def model(self, indices: range):
         from nestedlib.pipelines import dit_model
 
         if not self.args.unconditional:
-            return dit_model(self.pipe, labels_of(indices), self.guidance, self.args.model, self.args.preset)
-        null = int(self.pipe.transformer.config.num_embeds_ada_norm)  # the null class, unguided: unconditional
-        return dit_model(self.pipe, [null] * len(indices), 1.0, self.args.model, self.args.preset)
+            return dit_model(self.pipe, labels_of(indices, self.args.model), self.guidance, self.args.model,
+                             self.args.preset, classes=self.entry.classes)
+        null = self.entry.null_class  # the null class, unguided: unconditional
+        return dit_model(self.pipe, [null] * len(indices), 1.0, self.args.model, self.args.preset,
+                         classes=self.entry.classes)
 
 
 def sample_cell(sampler: Sampler, budget: int, seed: int, mine: list[range], args, bar, clock: dict) -> dict:
@@ -324,7 +330,7 @@ def cell_rows(parts: list[dict], budget: int, seed: int, args, clf, real, bar, j
     for part in parts:
         merged.update(part)
     starts = sorted(merged)
-    labels = torch.tensor(labels_of(range(args.n)))
+    labels = torch.tensor(labels_of(range(args.n), args.model))
     rows = []
     for name in SAMPLERS:
         for p in args.percents:

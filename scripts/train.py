@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bundles as B  # noqa: E402
-import evaluate as E  # noqa: E402
+import evaluate as E  # noqa: E402 (train uses evaluate's samplers; evaluate never imports train)
 import training as T  # noqa: E402
-from nestedlib import Schedule, data, models  # noqa: E402
+from nestedlib import Schedule, architectures, data, models, prompts  # noqa: E402
 
 # The shipped settings of each model (by its registry key): TrainConfig fields plus the batch size.
 SETTINGS: dict[str, dict] = {
@@ -75,17 +75,6 @@ def config_of(model: str, args: argparse.Namespace) -> tuple[T.TrainConfig, int]
     return T.TrainConfig(minutes=args.minutes, **s), batch
 
 
-@torch.no_grad()
-def encode_split(vae, x: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mean and std of the (normalised) latents of images x: (N,4,8,8) each."""
-    mus, stds = [], []
-    for i in range(0, len(x), batch):
-        d = vae.encode(x[i : i + batch]).latent_dist
-        mus.append(d.mean)
-        stds.append(d.std)
-    return torch.cat(mus), torch.cat(stds)
-
-
 def latent_batch(mu: torch.Tensor, std: torch.Tensor, batch: int, g: torch.Generator):
     """z_0 = mu + sigma * eps ~ q(z | x) for `batch` random training images: (z_0, their indices), all draws from g."""
     idx = T.batches(len(mu), batch, g)
@@ -113,7 +102,7 @@ def train_vae(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bo
         return T.vae_step_loss(model, x[T.batches(len(x), batch, g)], g)
 
     vae, state = T.fit(vae, step, cfg, ckpt, resume, desc="vae")
-    mu, _ = encode_split(vae, x)
+    mu, _ = B.encode_split(vae, x)
     mean, std = mu.mean(dim=(0, 2, 3)), mu.std(dim=(0, 2, 3))  # per-channel stats of the training latents
     B.fold_latent_normalisation(vae, mean, std)
     return (vae, (mean, std)), state
@@ -134,7 +123,7 @@ def accuracy_tracker(sample, classifier, what: str):
 def latent_training_set(vae) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Posterior mean and std of q(z | x) for the MNIST training part (normalised latents), and its labels."""
     x, y = data.mnist("train")
-    return (*encode_split(vae, x), y)
+    return (*B.encode_split(vae, x), y)
 
 
 def train_dit(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False, vae=None,
@@ -170,7 +159,7 @@ def prompt_table(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
         return tokenizer(p, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                          return_tensors="pt").input_ids[0]
 
-    table = torch.stack([torch.stack([ids(p) for p in models.prompts_for(c)]) for c in range(10)])
+    table = torch.stack([torch.stack([ids(p) for p in prompts.prompts_for(c)]) for c in range(10)])
     return table, ids(B.SD_NULL_PROMPT)
 
 
@@ -204,7 +193,7 @@ def train_digits8(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny
     """8x8 epsilon-prediction UNet on scikit-learn digits with L_simple and linear betas."""
     x, _ = data.digits8("train")
     schedule = Schedule.linear()  # DDPM's chain: B.ddpm_scheduler_config(), saved with the pipeline
-    net = models.build_digits8_unet(tiny)
+    net = architectures.build_digits8_unet(tiny)
 
     def step(model, g):
         return T.eps_step_loss(model, schedule, x[T.batches(len(x), batch, g)], g)
@@ -232,20 +221,6 @@ def train_pixel(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: 
     return model.to("cpu"), state
 
 
-def decoder_training_set(vae, dit_pipe, g: torch.Generator, split: str = "train") -> dict[str, torch.Tensor]:
-    """Latents of one MNIST split as the samplers see them (normalised, as the DiT's x̂_0 before `model.decode`) and
-    the full VAE decoder's images of them: "clean" (posterior means and one posterior draw per digit, what the DiT
-    was trained on) and "preview" (two vanilla previews E[z_0 | z_t] per digit, t ~ U{0..999}, through the DiT)."""
-    x, y = data.mnist(split)
-    mu, std = encode_split(vae, x)
-    clean = torch.cat([mu, mu + std * torch.randn(mu.shape, generator=g)])
-    perm = torch.randperm(2 * len(mu), generator=g)  # mixed classes within each chunk of one t
-    z0, labels = torch.cat([clean[len(mu):]] * 2)[perm], torch.cat([y, y])[perm]
-    preview = B.preview_latents(dit_pipe, z0, labels, g)
-    return {"clean": clean, "clean_images": B.vae_images(vae, clean), "clean_labels": torch.cat([y, y]),
-            "preview": preview, "preview_images": B.vae_images(vae, preview), "preview_labels": labels}
-
-
 def train_tiny_decoder(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False, vae=None,
                        dit_pipe=None):
     """Preview decoders of mnist-vae latents: the linear map by least squares on the clean training latents, and the
@@ -253,7 +228,7 @@ def train_tiny_decoder(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool,
     from nestedlib.decoders import PreviewDecoders, TinyDecoder, fit_linear
 
     vae, dit_pipe = vae or models.load("mnist-vae"), dit_pipe or models.load("mnist-dit")
-    pairs = decoder_training_set(vae, dit_pipe, torch.Generator().manual_seed(cfg.seed + 1))
+    pairs = B.decoder_training_set(vae, dit_pipe, torch.Generator().manual_seed(cfg.seed + 1))
     z = torch.cat([pairs["clean"], pairs["preview"]])
     target = torch.cat([pairs["clean_images"], pairs["preview_images"]])
     with torch.random.fork_rng():  # initial weights from the run's seed; the global RNG is left as it was

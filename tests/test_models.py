@@ -185,3 +185,127 @@ def test_recorded_quality_bars(name, key, bar):
         pytest.skip(f"{name} not evaluated")
     m = json.loads(path.read_text())
     assert m[key] >= bar and m["n"] >= 1000
+
+
+def test_recorded_cards_are_what_evaluate_writes_now():
+    """The cards of the two stand-ins hold what scripts/evaluate.py writes today: its sampler, the registry's
+    guidance, its cross-check keys, and the card's figures are metrics.json's."""
+    keys = {"mnist-dit": "class_accuracy_diffusers_ddpm_learned_range_200",
+            "mnist-sd": "prompt_accuracy_diffusers_pipeline_200"}
+    for name, key in keys.items():
+        folder = models.DATA_ROOT / name
+        if not (folder / "metrics.json").is_file():
+            pytest.skip(f"{name} not evaluated")
+        m = json.loads((folder / "metrics.json").read_text())
+        assert m["sampler"].startswith("nestedlib vanilla (Algorithm 1)")
+        assert f"guidance {models.info(name).guidance}" in m["sampler"] and key in m
+        assert json.dumps(m, indent=1) in (folder / "MODEL_CARD.md").read_text()
+
+
+# --- one registry entry per model ---------------------------------------------------------------------------------
+
+
+def test_every_fact_of_a_model_is_in_its_entry():
+    dit, sd = models.info("mnist-dit"), models.info("mnist-sd")
+    assert (dit.family, dit.guidance, dit.classes, dit.null_class) == ("dit", 1.5, 10, 1000)
+    assert dit.latents == sd.latents == "mnist-vae" == models.info("mnist-tiny-decoder").latents
+    assert dit.preview_decoders == sd.preview_decoders == "mnist-tiny-decoder"
+    assert (sd.family, sd.guidance) == ("sd", 4.0) and models.info(sd.stand_in or "mnist-sd").kind == "bundled"
+    assert models.info("facebook/DiT-XL-2-256").guidance == 1.5
+    assert models.info("stable-diffusion-v1-5/stable-diffusion-v1-5").guidance == 7.5
+    assert models.names(family="dit", judge="mnist-classifier") == ("mnist-dit",)  # what scripts/sweep.py samples
+    for name in models.REGISTRY:
+        entry = models.info(name)
+        assert callable(entry.loader) and (entry.family is None) == (entry.presets == ())
+        if entry.preview_decoders:  # the cheap decoders it names were fitted to its own latent family
+            assert models.info(entry.preview_decoders).latents == entry.latents
+    with pytest.raises(ValueError, match="names its trained classes and its null class"):
+        models.ModelInfo("x", "bundled", "a DiT without classes", models.load_dit_pipeline, family="dit")
+
+
+def test_a_new_model_is_one_registry_entry(tmp_path, monkeypatch):
+    """A colour-emoji-like stand-in, added as nothing but one `register` call: prepare, the class check, the guidance
+    default, Guided and the preview decoders all follow from its entry."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    from nestedlib.decoders import preview_decoder
+    from nestedlib.guided import Guided
+    from nestedlib.pipelines import prepare
+
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                        num_layers=1, sample_size=4, patch_size=2, num_embeds_ada_norm=1000,
+                                        norm_num_groups=4)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+                        norm_num_groups=4, sample_size=8)
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "emoji-dit")
+    B.write_checksums(tmp_path / "emoji-dit")
+    monkeypatch.setattr(models, "REGISTRY", dict(models.REGISTRY))  # the test's entry leaves with the test
+    monkeypatch.setattr(models, "DATA_ROOT", tmp_path)
+    models.register(models.ModelInfo("emoji-dit", "bundled", "class-conditional latent DiT on 32x32 emoji",
+                                     models.load_dit_pipeline, family="dit", key="emoji-dit", guidance=2.5, classes=9,
+                                     null_class=1000, latents="emoji-vae", presets=("book", "paper")))
+    model = prepare("emoji-dit", cond=[0, 8], preset="paper")
+    assert (model.name, model.kind, model.classes, model.latents) == ("emoji-dit", "dit", 9, "emoji-vae")
+    assert model.network.guidance_scale == 2.5 and model.network.guided_channels == 3 and model.shape == (2, 4, 4, 4)
+    assert Guided(model, seed=0, total_nfe=10, outer=5).num_classes == 9
+    with pytest.raises(ValueError, match="emoji-dit was trained on classes 0-8 and the null class 1000"):
+        prepare("emoji-dit", cond=[9])
+    with pytest.raises(ValueError, match=r"fitted to its latents \(emoji-vae\)"):
+        preview_decoder(model, "tiny")
+    with pytest.raises(ValueError, match="already registered"):
+        models.register(models.info("emoji-dit"))
+
+
+# --- no import circles --------------------------------------------------------------------------------------------
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module -> the modules of nestedlib/ and scripts/ it imports, at any depth of its ast (lazy imports count)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    files = {f"nestedlib.{p.stem}": p for p in (root / "nestedlib").glob("*.py") if p.stem != "__init__"}
+    files["nestedlib"] = root / "nestedlib" / "__init__.py"
+    files.update({f"scripts.{p.stem}": p for p in (root / "scripts").glob("*.py")})
+    graph = {}
+    for mod, path in files.items():
+        package = "scripts" if mod.startswith("scripts.") else "nestedlib"
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = (package if node.level else "") + ("." + node.module if node.module and node.level else
+                                                          node.module or "")
+                names = [f"{base}.{a.name}" for a in node.names] + [base]  # a submodule, or a name of base
+            else:
+                continue
+            for n in names:
+                n = n.lstrip(".")
+                n = n if n in files else f"scripts.{n}" if package == "scripts" and f"scripts.{n}" in files else n
+                if n in files and n != mod:
+                    found.add(n)
+        graph[mod] = found - ({"nestedlib"} if mod.startswith("nestedlib.") else set())  # a submodule's own package
+    return graph
+
+
+def test_no_two_modules_import_each_other_directly_or_in_a_circle():
+    graph = _imports()
+    assert "nestedlib.pipelines" in graph["nestedlib.guided"] and "scripts.bundles" in graph["scripts.train"]
+    circles, done = [], set()
+
+    def visit(mod, path):  # depth-first search; a module met again on the current path closes a circle
+        if mod in path:
+            circles.append(path[path.index(mod):] + [mod])
+            return
+        if mod in done:
+            return
+        for nxt in sorted(graph[mod]):
+            visit(nxt, path + [mod])
+        done.add(mod)
+
+    for mod in sorted(graph):
+        visit(mod, [])
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)

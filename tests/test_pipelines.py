@@ -173,7 +173,7 @@ def test_golden_sd_paper_preset(sd_pipe):
     model = sd_model(sd_pipe, ["a seven", "a digit"], guidance_scale=7.5, preset="paper")
     samplers = paper_samplers(model, total_nfe=50)
     assert _golden(model, samplers["nested"]) == pytest.approx(GOLDEN["sd_paper_nested"], rel=1e-4)
-    assert _golden(model, samplers["vanilla"]) == pytest.approx(GOLDEN["sd_vanilla"], rel=1e-4)  # as the book's
+    assert _golden(model, samplers["vanilla"]) == pytest.approx(GOLDEN["sd_paper_vanilla"], rel=1e-4)  # SD 1.5's DDIM
 
 
 GOLDEN = {  # mean |x̂_0| of the previews at 20, 40, ..., 100 % of the budget (OMP_NUM_THREADS 1 and 2 agree to 3e-7)
@@ -184,6 +184,7 @@ GOLDEN = {  # mean |x̂_0| of the previews at 20, 40, ..., 100 % of the budget (
     "sd_nested": [12.174271583557129, 12.011528015136719, 11.974151611328125, 11.965065002441406, 11.963156700134277],
     "sd_vanilla": [12.148309707641602, 12.006553649902344, 11.96496868133545, 11.955937385559082, 11.954559326171875],
     "sd_paper_nested": [12.167675018310547, 12.00448226928711, 11.95759105682373, 11.947356224060059, 11.94168758392334],
+    "sd_paper_vanilla": [10.90109920501709, 10.787290573120117, 10.750248908996582, 10.741382598876953, 10.740002632141113],
 }
 
 
@@ -310,3 +311,142 @@ def test_sampling_keeps_no_autograd_graph(dit_pipe, sd_pipe):
     model = dit_model(dit_pipe, [1, 2])
     opted_in = run(paper_samplers(model, total_nfe=5)["nested"], model.noise(torch.Generator()), grad=True)
     assert opted_in.x0.requires_grad  # methods that need gradients with respect to x_t opt in
+
+
+# ---- the paper preset's vanilla Stable Diffusion: the unaltered sampler (diffusers' DDIM with SD 1.5's config) ------
+
+
+# SD 1.5's scheduler_config.json, as DDIMScheduler.from_config reads it (its timestep_spacing: diffusers' default)
+SD15_SCHEDULER = {"timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
+
+
+@pytest.mark.parametrize("steps", [50, 12])
+def test_the_paper_preset_vanilla_sd_is_diffusers_stable_diffusion_pipeline(steps):
+    """preset="paper" vanilla = StableDiffusionPipeline with DDIMScheduler under SD 1.5's config (leading spacing,
+    steps_offset 1, set_alpha_to_one False): the same UNet timesteps and the same final latents, from the same x_T.
+    Error model: everything in float64 except diffusers' abar, a float32 tensor (as ours: `Schedule.from_diffusers`)
+    whose square roots diffusers takes in float32 (relative 2^-24 = 6e-8 per coefficient) and we in float64; over
+    `steps` DDIM steps of this contracting sampler that stays below steps x 1e-7 of the latents' scale, while the
+    book's ending at x̂_0 on round(linspace(1, 999)) is off by ~3 % of epŝ (1e-2 here)."""
+    pipe = tiny_sd_pipe(**SD15_SCHEDULER).to(torch.float64)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a seven", "a digit"]
+    model = sd_model(pipe, prompts, guidance_scale=7.5, preset="paper")
+    x_T = model.noise(torch.Generator().manual_seed(5))
+    assert x_T.dtype == torch.float64
+    seen, handle = _unet_timesteps(pipe)
+    try:
+        ours = run(paper_samplers(model, steps, outer=1 if steps == 12 else None)["vanilla"], x_T).x0
+        n_ours = len(seen)
+        theirs = pipe(prompts, num_inference_steps=steps, guidance_scale=7.5, latents=x_T.clone(),
+                      output_type="latent").images
+    finally:
+        handle.remove()
+    pipe.scheduler.set_timesteps(steps)
+    assert seen[:n_ours] == pipe.scheduler.timesteps.tolist() == seen[n_ours:]  # 981, 961, ..., 1 at 50 steps
+    scale = theirs.abs().max().item()
+    assert (ours - theirs).abs().max().item() <= steps * 1e-7 * scale
+    book = run(paper_samplers(sd_model(pipe, prompts, guidance_scale=7.5), steps, outer=1 if steps == 12 else None)
+               ["vanilla"], x_T).x0
+    assert (book - theirs).abs().max().item() > 1e3 * steps * 1e-7 * scale  # the test tells the two apart
+
+
+def test_sd15_grid_is_diffusers_and_refuses_what_diffusers_cannot_sample():
+    from nestedlib.pipelines import SD15_DDIM, sd15_timesteps
+
+    assert SD15_DDIM == SD15_SCHEDULER
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, **SD15_SCHEDULER)
+    for steps in (1, 4, 7, 25, 50, 100, 150, 250, 333, 500):
+        scheduler.set_timesteps(steps)
+        assert sd15_timesteps(steps) == scheduler.timesteps.tolist()
+    assert sd15_timesteps(500)[0] == 999 and sd15_timesteps(4) == [751, 501, 251, 1]
+    with pytest.raises(ValueError, match="at most 500 steps"):
+        sd15_timesteps(1000)
+    with pytest.raises(ValueError, match="positive integer"):
+        sd15_timesteps(0)
+
+
+# ---- the preset object -------------------------------------------------------------------------------------------
+
+
+def test_a_preset_is_one_object_that_names_what_it_sets(dit_pipe, sd_pipe):
+    from nestedlib.pipelines import BOOK, PAPER, PRESETS, Preset, preset_of
+
+    from nestedlib import models
+
+    assert PRESETS == {"book": BOOK, "paper": PAPER} and preset_of("paper") is PAPER and preset_of(BOOK) is BOOK
+    assert tuple(PRESETS) == models.PRESETS  # the names the registry's entries may list
+    assert (PAPER.grid_spacing, PAPER.dit_guided_channels, PAPER.sd_inner_end_abar0, PAPER.sd_vanilla,
+            PAPER.sd_guidance_below_one) == ("space_timesteps", 3, True, "sd15", False)
+    assert (BOOK.grid_spacing, BOOK.dit_guided_channels, BOOK.sd_inner_end_abar0, BOOK.sd_vanilla,
+            BOOK.sd_guidance_below_one) == ("linspace", None, False, "linspace", True)
+    assert PAPER == "paper" and BOOK != "paper" and str(PAPER) == "paper"  # names still compare, as before
+    # a string and the object build the same samplers; a custom preset changes exactly the field it names
+    by_name, by_object = (dit_model(dit_pipe, [1, 7], 4.0, preset=p) for p in ("paper", PAPER))
+    assert by_name.preset is PAPER and by_object.network.guided_channels == 3
+    grids = {p: paper_samplers(dit_model(dit_pipe, [1], 4.0, preset=p), 100)["nested"].grid(999)
+             for p in (BOOK, PAPER, Preset("mine", "space_timesteps", None, False, "linspace", True))}
+    assert grids[BOOK] == [999, 799, 600, 400, 201] and grids[PAPER] == [999, 799, 599, 400, 200]
+    assert list(grids.values())[2] == grids[PAPER]
+    with pytest.raises(ValueError, match="unknown preset 'authors'"):
+        preset_of("authors")
+    with pytest.raises(ValueError, match="grid_spacing must be one of"):
+        Preset("typo", "linear", None, False, "linspace", True)
+
+
+def test_pixel_models_take_the_preset_themselves():
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    model = pixel_model(DDPMPipeline(unet=unet.eval(), scheduler=DDPMScheduler()), 2, preset="paper")
+    assert model.preset.name == "paper" and paper_samplers(model, 10)["nested"].grid(999) == [999, 799, 599, 400, 200]
+
+
+# ---- prepare: the registry's facts (bundled models; skipped where data/<name> is not there) ----------------------
+
+
+def _shipped(name):
+    from nestedlib import models
+
+    return (models.DATA_ROOT / name / models.SUMS_FILE).is_file()
+
+
+def test_prepare_refuses_classes_the_bundled_dit_never_saw():
+    if not _shipped("mnist-dit"):
+        pytest.skip("mnist-dit not shipped")
+    from nestedlib.pipelines import prepare
+
+    for bad in ([12], [3, 10], [-1]):
+        with pytest.raises(ValueError, match=r"trained on classes 0-9 and the null class 1000.*\[0, 9\]"):
+            prepare("mnist-dit", cond=bad)
+    with pytest.raises(ValueError, match="null class 1000"):
+        prepare("mnist-dit", cond=[1000])  # the null class is unconditional: guidance 1 only
+    assert prepare("mnist-dit", cond=[1000], guidance_scale=1.0).network.cond.tolist() == [1000]
+    model = prepare("mnist-dit", cond=[0, 9])
+    assert model.classes == 10 and model.network.guidance_scale == 1.5 and model.latents == "mnist-vae"
+
+
+def test_prepare_mnist_sd_prints_no_loading_bar(capfd):
+    if not _shipped("mnist-sd"):
+        pytest.skip("mnist-sd not shipped")
+    from nestedlib.pipelines import prepare
+
+    capfd.readouterr()
+    model = prepare("mnist-sd", cond=["a seven"])
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in out + err and "Loading pipeline components" not in out + err
+    assert model.network.guidance_scale == 4.0
+
+
+def test_prepare_takes_the_family_from_the_registry_not_from_the_pipeline_class():
+    if not _shipped("digits8"):
+        pytest.skip("digits8 not shipped")
+    from nestedlib.pipelines import prepare
+
+    model = prepare("digits8", batch_size=3, preset="paper")
+    assert model.kind == "pixel" and model.shape[0] == 3 and model.preset.name == "paper"
+    with pytest.raises(ValueError, match="unconditional: leave cond out"):
+        prepare("digits8", cond=[1])
+    with pytest.raises(ValueError, match="not a diffusion model.*nestedlib.models.load"):
+        prepare("mnist-classifier")

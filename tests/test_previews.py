@@ -80,8 +80,9 @@ def test_pixel_and_foreign_latent_models_are_refused_clearly(dit):
 
     with pytest.raises(ValueError, match="samples pixels"):
         preview_decoder(replace(dit, kind="pixel", name="mnist-pixel"), "tiny")
-    foreign = replace(dit, name="facebook/DiT-XL-2-256")
-    with pytest.raises(ValueError, match="mnist-vae's latents.*'vae'"):
+    entry = models.info("facebook/DiT-XL-2-256")  # a model of another latent family, as its registry entry says
+    foreign = replace(dit, name=entry.name, latents=entry.latents, preview_decoders=None)
+    with pytest.raises(ValueError, match=r"its latents \(stabilityai/sd-vae-ft-ema\).*mnist-vae's latents.*'vae'"):
         preview_decoder(foreign, "linear")
     assert preview_decoder(foreign, "vae") is foreign.decode  # the model's own VAE always works
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nestedlib import Schedule, models
+from nestedlib import Schedule, models, prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # the scripts import each other this way too
@@ -190,7 +190,7 @@ def test_dit_builder_disables_diffusers_label_dropout():
 def test_tokenizer_reads_every_prompt_word_as_one_known_token():
     tok = B.build_tokenizer()
     for c in range(10):
-        for p in models.prompts_for(c):
+        for p in prompts.prompts_for(c):
             ids = tok(p).input_ids
             assert len(ids) == len(p.split()) + 2  # <start> words <end>
             assert tok.unk_token_id not in ids[1:-1]  # CLIP's unknown token is <|endoftext|>
