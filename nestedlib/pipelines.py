@@ -18,7 +18,6 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from . import models as registry  # called through the module, so a test may stand in for registry.load
@@ -26,7 +25,7 @@ from .models import ModelInfo
 from .presets import BOOK, PAPER, PRESETS, SD15_DDIM, FixedGrid, Preset, preset_of, sd15_timesteps  # noqa: F401
 from .sampling import (Context, Diffusion, Estimate, Event, Network, NetworkMean, nested, nfe_so_far, predict_x0,
                        vanilla)
-from .schedules import Schedule, next_t, process_grid, split_budget, step_counts
+from .schedules import Schedule, next_t, positive_int, process_grid, split_budget, step_counts
 from .transitions import DDIM, randn
 
 
@@ -84,9 +83,9 @@ def dit_model(pipe, class_labels: Sequence[int] | torch.Tensor, guidance_scale: 
     def fn(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return transformer(x.to(dtype), timestep=t, class_labels=cond).sample.to(x.dtype)
 
-    network = Network(fn, cond=labels, null_cond=torch.full_like(labels, null_class), guidance_scale=guidance_scale,
-                      guided_channels=preset.dit_guided_channels)
     c, size = transformer.config.in_channels, transformer.config.sample_size
+    network = Network(fn, cond=labels, null_cond=torch.full_like(labels, null_class), guidance_scale=guidance_scale,
+                      guided_channels=preset.dit_guided_channels, image_shape=(c, size, size))
     return Model(
         name, "dit", network, Schedule.from_diffusers(pipe.scheduler), (len(labels), c, size, size),
         _vae_decoder(vae), learned_variance=transformer.config.out_channels == 2 * c, device=device, dtype=dtype,
@@ -116,9 +115,9 @@ def sd_model(pipe, prompts: Sequence[str] | str, guidance_scale: float = 7.5, na
     def fn(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return unet(x.to(dtype), t, encoder_hidden_states=c).sample.to(x.dtype)
 
-    network = Network(fn, cond=cond, null_cond=null, guidance_scale=guidance_scale)
     size = unet.config.sample_size
     shape = (len(prompts), unet.config.in_channels, size, size)
+    network = Network(fn, cond=cond, null_cond=null, guidance_scale=guidance_scale, image_shape=shape[1:])
     return Model(name, "sd", network, Schedule.from_diffusers(pipe.scheduler), shape, _vae_decoder(pipe.vae),
                  device=device, dtype=dtype, preset=preset)
 
@@ -126,8 +125,7 @@ def sd_model(pipe, prompts: Sequence[str] | str, guidance_scale: float = 7.5, na
 def pixel_model(pipe, batch_size: int, name: str = "pixel", preset: str | Preset = "book") -> Model:
     """An unconditional pixel-space pipeline (e.g. diffusers' DDPMPipeline): x_0 is the image itself."""
     unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
 
     def fn(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         return unet(x.to(dtype), t).sample.to(x.dtype)
@@ -135,7 +133,7 @@ def pixel_model(pipe, batch_size: int, name: str = "pixel", preset: str | Preset
     size = unet.config.sample_size
     size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
     shape = (int(batch_size), unet.config.in_channels, *size)
-    return Model(name, "pixel", Network(fn), Schedule.from_diffusers(pipe.scheduler), shape,
+    return Model(name, "pixel", Network(fn, image_shape=shape[1:]), Schedule.from_diffusers(pipe.scheduler), shape,
                  lambda x0: x0.clamp(-1, 1), learned_variance=unet.config.out_channels == 2 * unet.config.in_channels,
                  device=device, dtype=dtype, preset=preset)
 

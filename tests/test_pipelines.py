@@ -450,3 +450,21 @@ def test_prepare_takes_the_family_from_the_registry_not_from_the_pipeline_class(
         prepare("digits8", cond=[1])
     with pytest.raises(ValueError, match="not a diffusion model.*nestedlib.models.load"):
         prepare("mnist-classifier")
+
+
+def test_a_real_model_refuses_starting_noise_of_another_shape(dit_pipe, sd_pipe):
+    """The wrappers declare their latent shape (`Network(image_shape=...)`), so `run` refuses an x_T that the
+    transformer or UNet would otherwise take silently (a DiT runs on any even latent size)."""
+    dit = dit_model(dit_pipe, [0, 1])
+    sd = sd_model(sd_pipe, ["a seven", "a digit"])
+    for model in (dit, sd):
+        sampler = vanilla(model.network, model.schedule, 2)
+        bad = torch.zeros(model.shape[0], model.shape[1], 2 * model.shape[2], 2 * model.shape[3])
+        with pytest.raises(ValueError, match=r"x_T has shape .* model\.noise"):
+            run(sampler, bad)
+        assert run(sampler, model.noise(torch.Generator().manual_seed(0))).x0.shape == model.shape
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        pixel_model(DDPMPipeline(unet=UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                                                   down_block_types=("DownBlock2D",) * 2,
+                                                   up_block_types=("UpBlock2D",) * 2, norm_num_groups=4),
+                                 scheduler=DDPMScheduler()), True)
