@@ -195,3 +195,24 @@ def test_torchrun_hands_the_whole_command_line_to_the_sweep():
     assert (args.n, args.budgets, args.seeds, args.judges) == (200, [100, 150], [0, 1], ["classifier", "pixels"])
     run = torchrun_parser().parse_args(["--nproc_per_node", "2", str(SCRIPT), "--unconditional", "--samples", "10"])
     assert sweep.parse_args(run.training_script_args).guidance == 1.0
+
+
+def test_no_chapter_imports_scripts_and_results_hold_no_python():
+    """What a chapter shares with a script lives in nestedlib (e.g. nestedlib.sweep, nestedlib.metrics.Judge): no
+    chapter puts scripts/ on sys.path or imports a script; results/ folders hold data and the command that wrote them
+    (the scripts live in scripts/)."""
+    import nbformat
+
+    scripts = {p.stem for p in (ROOT / "scripts").glob("*.py")}
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in nbformat.read(nb, as_version=4).cells:
+            if cell.cell_type != "code":
+                continue
+            for line in cell.source.splitlines():
+                words = line.split("#")[0].split()
+                assert not ("sys.path" in line and "scripts" in line), f"{nb.name}: {line}"
+                if words[:1] == ["import"]:
+                    assert not {w.strip(",") for w in words[1:]} & scripts, f"{nb.name} imports a script: {line}"
+                if words[:1] == ["from"] and len(words) > 1:
+                    assert words[1] not in scripts and not words[1].startswith("scripts"), f"{nb.name}: {line}"
+    assert not [str(p.relative_to(ROOT)) for p in (ROOT / "results").rglob("*") if p.suffix in (".py", ".ipynb")]
