@@ -66,6 +66,7 @@ class LogitFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        """phi(x) = logits of p(c | x): uint8 or float [-1, 1], 1 or 3 channels -> (N, classes)."""
         return self.classifier(_grey(imgs))
 
 
@@ -76,6 +77,7 @@ class PixelFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        """phi(x) = 8 x 8 block means of the grey image -> (N, 64)."""
         return F.adaptive_avg_pool2d(_grey(imgs), 8).flatten(1)
 
 
@@ -99,6 +101,7 @@ class InceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        """phi(x): Inception-v3 pool3 features of x quantised to 0..255 (torchmetrics' normalize=True) -> (N, 2048)."""
         x = imgs if imgs.dtype == torch.uint8 else ((imgs.float().clamp(-1, 1) + 1) / 2 * 255).byte()  # as normalize=True
         return self.net(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
 
@@ -111,6 +114,7 @@ class _Given(nn.Module):
         self.num_features = num_features
 
     def forward(self, phi: torch.Tensor) -> torch.Tensor:
+        """The features as given."""
         return phi
 
 

@@ -15,9 +15,8 @@ budget / 5 inner DDPM steps (its preview is the last finished inner run).
 Samples are reproducible one by one (`nestedlib.sweep`, shared with the Table 1 chapter): sample i of seed s has
 label i % 10 and draws its noise from its own stream (`sample_generators(s, [i])`), and the samples are cut into fixed
 micro-batches of --batch consecutive indices, so every network and decoder call sees the same batch whatever the
-number of processes. Under torchrun
-(torch.distributed: gloo on CPU, NCCL on GPU) rank r samples micro-batches r, r + K, ...; rank 0 gathers the images,
-computes the metrics and writes OUT/results.json. 1 and K processes therefore give identical numbers, given the
+number of processes. Under torchrun (torch.distributed: gloo on CPU, NCCL on GPU) rank r samples micro-batches
+r, r + K, ...; rank 0 gathers the images, computes the metrics and writes OUT/results.json. 1 and K processes therefore give identical numbers, given the
 same threads per process (the VAE's convolutions round differently with another thread count: about 1e-7 relative in
 FID). torchrun runs 1 thread per process; on a shared CPU that is also far faster than 1 process of several threads,
 whose OpenMP threads wait for each other whenever another user holds a core.
