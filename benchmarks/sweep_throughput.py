@@ -91,7 +91,7 @@ def bare(procs: int, threads: int, args) -> dict:
 
 def sweep(procs: int, threads: int, args, folder: Path) -> dict:
     out = folder / f"p{procs}t{threads}"
-    cmd = launch(procs, [str(SWEEP), "--budgets", str(args.budget), "--n", str(args.n), "--batch", str(args.batch),
+    cmd = launch(procs, [str(SWEEP), "--budgets", str(args.budget), "--samples", str(args.n), "--batch", str(args.batch),
                          "--seeds", "0", "--guidance", str(args.guidance), "--out", str(out)])
     start = time.perf_counter()
     run = subprocess.run(cmd, cwd=ROOT, env=env(threads), capture_output=True, text=True)

@@ -1,26 +1,47 @@
-"""Quality measures of generated digits, all read through the bundled evaluation classifier.
+"""Quality measures of generated images against one fixed set of real images: one `Judge`.
 
+* ``Judge(classifier, real, features=...)``: the real set's features phi(real) are computed once; then
+  ``judge.fid(fake)``, ``judge.kid(fake, seed)``, ``judge.accuracy(fake, labels)`` or all three at once with
+  ``judge.scores(fake, labels, seed)``, for as many generated sets as wanted.
+* FID (Heusel et al. 2017): Frechet distance of Gaussians fitted to phi(real) and phi(fake), computed by torchmetrics'
+  ``FrechetInceptionDistance`` fed with our features. KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic
+  polynomial kernel (torchmetrics' ``poly_mmd``), mean and std over random subsets drawn from a ``torch.Generator``
+  seeded with ``seed``: the same subsets as torchmetrics' ``KernelInceptionDistance`` after ``torch.manual_seed(seed)``,
+  and the global RNG is never touched.
+* Feature spaces phi (``FEATURES``): "classifier", the bundled digit classifier's 128-d penultimate layer (the book's
+  FID: Inception cannot run offline); "logits", its 10 logits (what a digit is, not how it is drawn); "pixels", grey
+  pixels average-pooled to 8 x 8 (64 features, no learned weights); "inception", torchmetrics' Inception-v3 with 2048
+  features (the paper's FID; online only: torch-fidelity and a weights download); or any module mapping images to
+  (N, d) features with a ``num_features`` attribute.
 * ``class_accuracy``: the fraction of generated digits the classifier reads as the requested class.
-* ``fid`` / ``kid``: Frechet / kernel distance between feature sets (Heusel et al. 2017; Binkowski et al.
-  2018), computed by torchmetrics with the classifier's 128-d penultimate layer in place of Inception
-  (``feature=ClassifierFeatures(...)``): Inception cannot run offline here; online GPU users can pass
-  ``feature=2048`` to torchmetrics themselves.
-* ``real_floor``: the same distance between two real sets (training part vs held-out part, sizes as compared):
+* ``real_floor``: the same distances between two real sets (training part vs held-out part, sizes as compared):
   the value a perfect generator would get, printed beside every FID.
+* ``fid``, ``kid``, ``distances``: one-line uses of a `Judge`, for one comparison.
 
-Images are float tensors (N, 1, 32, 32) in [-1, 1] (uint8 0..255 is accepted too), on the classifier's device.
+Images are float tensors (N, C, H, W) in [-1, 1] (uint8 0..255 is accepted too); the digit features expect
+(N, 1, 32, 32) (RGB is averaged to grey). The real set lies on the classifier's device; generated sets are moved there.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import data
 
+FEATURES = ("classifier", "logits", "pixels", "inception")
+KID_FEATURE_SCALE = 0.1  # our features have E[phi^2] ~ 30; x 0.1 makes x.y/d ~ 0.3 in the cubic kernel, as with Inception
+
+
+def _grey(imgs: torch.Tensor) -> torch.Tensor:
+    """x in [-1, 1] float, 1 channel, from uint8 0..255 or float [-1, 1] images with 1 or 3 channels."""
+    x = imgs.float() / 127.5 - 1.0 if imgs.dtype == torch.uint8 else imgs.float()
+    return x.mean(dim=1, keepdim=True) if x.shape[1] == 3 else x  # grey images given as RGB
+
 
 class ClassifierFeatures(nn.Module):
-    """Feature extractor for torchmetrics: preprocesses its input itself, returns penultimate features."""
+    """phi(x): the classifier's penultimate features (x `scale`), preprocessing its input itself."""
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0):
         super().__init__()
@@ -32,10 +53,174 @@ class ClassifierFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         """phi(x): uint8 0..255 or float [-1, 1], 1 or 3 channels -> (N, num_features)."""
-        x = imgs.float() / 127.5 - 1.0 if imgs.dtype == torch.uint8 else imgs.float()
-        if x.shape[1] == 3:  # grey images given as RGB
-            x = x.mean(dim=1, keepdim=True)
-        return self.classifier.features(x) * self.scale
+        return self.classifier.features(_grey(imgs)) * self.scale
+
+
+class LogitFeatures(nn.Module):
+    """phi(x): the classifier's class logits (N, classes): what a digit is, not how it is drawn."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier.eval()
+        self.num_features = int(classifier.head.out_features)
+
+    @torch.no_grad()
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        """phi(x) = logits of p(c | x): uint8 or float [-1, 1], 1 or 3 channels -> (N, classes)."""
+        return self.classifier(_grey(imgs))
+
+
+class PixelFeatures(nn.Module):
+    """phi(x): grey pixels average-pooled to 8 x 8 (64 features; 4 x 4 blocks of a 32 x 32 digit), no weights."""
+
+    num_features = 64
+
+    @torch.no_grad()
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        """phi(x) = 8 x 8 block means of the grey image -> (N, 64)."""
+        return F.adaptive_avg_pool2d(_grey(imgs), 8).flatten(1)
+
+
+class InceptionFeatures(nn.Module):
+    """phi(x): torchmetrics' Inception-v3 pool features (2048), the paper's FID space; images in [-1, 1], any size."""
+
+    num_features = 2048
+
+    def __init__(self):
+        super().__init__()
+        try:  # torchmetrics builds torch-fidelity's Inception and downloads its weights (once) from GitHub
+            from torchmetrics.image.fid import FrechetInceptionDistance
+
+            self.net = FrechetInceptionDistance(feature=2048).inception
+        except (ImportError, OSError, RuntimeError, ValueError) as err:
+            raise RuntimeError(
+                "features='inception' (torchmetrics' Inception-v3, 2048 features, the paper's FID) needs the package "
+                "torch-fidelity (pip install torch-fidelity) and the internet the first time, to download its "
+                "weights; it cannot run offline. Offline, judge digits with features='classifier' (the bundled "
+                f"classifier) or any images with features='pixels'. ({type(err).__name__}: {err})") from err
+
+    @torch.no_grad()
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        """phi(x): Inception-v3 pool3 features of x quantised to 0..255 (torchmetrics' normalize=True) -> (N, 2048)."""
+        x = imgs if imgs.dtype == torch.uint8 else ((imgs.float().clamp(-1, 1) + 1) / 2 * 255).byte()  # as normalize=True
+        return self.net(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+
+
+class _Given(nn.Module):
+    """Identity "extractor": torchmetrics' FID is fed features the judge has computed already."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, phi: torch.Tensor) -> torch.Tensor:
+        """The features as given."""
+        return phi
+
+
+def feature_space(features, classifier: nn.Module | None = None) -> tuple[nn.Module, float]:
+    """(phi, KID scale) of a feature space named in FEATURES, or of a module of your own (scaled as ours for KID)."""
+    if isinstance(features, str):
+        if features not in FEATURES:
+            raise ValueError(f"unknown feature space {features!r}; choose one of {', '.join(FEATURES)}, or pass a "
+                             "module mapping images to (N, d) features with a num_features attribute")
+        if features in ("classifier", "logits") and classifier is None:
+            raise ValueError(f"features={features!r} reads images through the classifier: pass it "
+                             "(models.load('mnist-classifier')), or use features='pixels' or 'inception'")
+        if features == "inception":
+            return InceptionFeatures(), 1.0  # torchmetrics' own Inception KID: features unscaled
+        phi = {"classifier": lambda: ClassifierFeatures(classifier), "logits": lambda: LogitFeatures(classifier),
+               "pixels": PixelFeatures}[features]()
+        return phi, KID_FEATURE_SCALE
+    if not hasattr(features, "num_features"):
+        raise ValueError("a feature module needs a num_features attribute (the d of its (N, d) output)")
+    return features, KID_FEATURE_SCALE
+
+
+class Judge:
+    """FID, KID and class accuracy of generated sets against one real set, in one feature space phi; phi(real) is
+    computed once. FID and KID are torchmetrics' computations on phi (KID on KID_FEATURE_SCALE * phi for our spaces).
+
+    classifier: the bundled digit classifier (models.load("mnist-classifier")): the "classifier" and "logits" feature
+    spaces and `accuracy` read through it; None for "pixels" or "inception" (no accuracy then).
+    real: the real images (N, C, H, W); features: a name in FEATURES or a module (see `feature_space`);
+    kid_subsets, kid_subset_size: KID's subsets (their size at most both set sizes); batch: images per feature pass.
+    """
+
+    def __init__(self, classifier: nn.Module | None, real: torch.Tensor, features="classifier", kid_subsets: int = 50,
+                 kid_subset_size: int = 500, batch: int = 500):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        if len(real) < 2:
+            raise ValueError(f"a judge needs at least 2 real images (FID fits a covariance), got {len(real)}")
+        self.classifier = classifier.eval() if classifier is not None else None
+        self.real, self.features = real, features
+        self.kid_subsets, self.kid_subset_size, self.batch = kid_subsets, kid_subset_size, batch
+        self.phi, self.kid_scale = feature_space(features, classifier)
+        self.phi = self.phi.to(real.device)
+        # fid and kid measure the sets they are given, in this process: sync_on_compute=False stops torchmetrics from
+        # gathering state from every process of a torch.distributed job at compute(), which hangs when only rank 0 does
+        self._fid = FrechetInceptionDistance(feature=_Given(int(self.phi.num_features)), reset_real_features=False,
+                                             sync_on_compute=False).to(real.device)
+        self.real_features = self.embed(real)  # phi(real), batch by batch: computed once
+        for phi_b in self.real_features:
+            self._fid.update(phi_b, real=True)
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """phi(x) of images, one (b, d) tensor per batch of `batch` images (on the real set's device)."""
+        images = images.to(self.real.device)
+        return [self.phi(images[i : i + self.batch]) for i in range(0, len(images), self.batch)]
+
+    def _fid_of(self, fake_features: list[torch.Tensor]) -> float:
+        """FID ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)) of the given fake features (Heusel et al. 2017)."""
+        self._fid.reset()  # drops the generated features only
+        for phi_b in fake_features:
+            self._fid.update(phi_b, real=False)
+        return float(self._fid.compute())
+
+    def _kid_of(self, fake_features: list[torch.Tensor], seed: int) -> dict[str, float]:
+        """KID: unbiased MMD^2, cubic kernel, mean and std over subsets drawn with `seed` (Binkowski et al. 2018)."""
+        from torchmetrics.image.kid import poly_mmd
+
+        real, fake = torch.cat(self.real_features) * self.kid_scale, torch.cat(fake_features) * self.kid_scale
+        size = min(self.kid_subset_size, len(real), len(fake))
+        if size < 2:
+            raise ValueError(f"KID compares subsets of at least 2 images of each set; got {len(fake)} generated images")
+        g = torch.Generator().manual_seed(seed)  # the draws of KernelInceptionDistance.compute after manual_seed(seed)
+        mmd = []
+        for _ in range(self.kid_subsets):
+            r = real[torch.randperm(len(real), generator=g)[:size].to(real.device)]
+            f = fake[torch.randperm(len(fake), generator=g)[:size].to(fake.device)]
+            mmd.append(poly_mmd(r, f, degree=3, gamma=None, coef=1.0))
+        mmd = torch.stack(mmd)
+        return {"kid": float(mmd.mean()), "kid_std": float(mmd.std(unbiased=False))}
+
+    def fid(self, fake: torch.Tensor) -> float:
+        """FID of `fake` against the real set (Heusel et al. 2017); phi(real) is reused."""
+        return self._fid_of(self.embed(fake))
+
+    def kid(self, fake: torch.Tensor, seed: int = 0) -> dict[str, float]:
+        """KID of `fake` against the real set, subsets drawn with `seed` (Binkowski et al. 2018): {"kid", "kid_std"}."""
+        return self._kid_of(self.embed(fake), seed)
+
+    def accuracy(self, fake: torch.Tensor, labels) -> float:
+        """Fraction of `fake` that the classifier reads as `labels` (`class_accuracy`)."""
+        if self.classifier is None:
+            raise ValueError("accuracy reads the images through the digit classifier: build the judge with one")
+        device = self.real.device
+        return class_accuracy(self.classifier, fake.to(device), torch.as_tensor(labels, device=device))
+
+    def scores(self, fake: torch.Tensor, labels=None, seed: int = 0) -> dict[str, float]:
+        """{"fid", "kid", "kid_std"} of `fake` (phi(fake) computed once), and "accuracy" when `labels` are given."""
+        phi = self.embed(fake)
+        out = {"fid": self._fid_of(phi), **self._kid_of(phi, seed)}
+        if labels is not None:
+            out["accuracy"] = self.accuracy(fake, labels)
+        return out
+
+
+Reference = Judge  # its former name (nestedlib.anytime and the anytime chapter's tests still say Reference)
 
 
 @torch.no_grad()
@@ -50,91 +235,23 @@ def class_accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Te
     return float((predict(classifier, images) == labels).float().mean())
 
 
-def _feed(metric, real: torch.Tensor, fake: torch.Tensor, batch: int = 500):
-    """Feed real and generated images to a torchmetrics distance in batches, on the images' device."""
-    metric.to(real.device)
-    for i in range(0, len(real), batch):
-        metric.update(real[i : i + batch], real=True)
-    for i in range(0, len(fake), batch):
-        metric.update(fake[i : i + batch], real=False)
-    return metric
-
-
-# fid and kid measure the sets they are given, in this process: sync_on_compute=False stops torchmetrics from
-# gathering state from every process of a torch.distributed job at compute(), which hangs when only rank 0 computes.
-
-
-def fid(classifier: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> float:
-    """Frechet distance ||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)) in classifier features (Heusel et al. 2017)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), sync_on_compute=False)
-    return float(_feed(metric, real, fake).compute())
-
-
-class Reference:
-    """One real set, its features computed once, against which many generated sets are scored: FID and KID (the same
-    torchmetrics computations as `fid` and `kid`, with `reset_real_features=False`) and class accuracy."""
-
-    def __init__(self, classifier: nn.Module, real: torch.Tensor, kid_subsets: int = 50, kid_subset_size: int = 500):
-        from torchmetrics.image.fid import FrechetInceptionDistance
-
-        self.classifier, self.real = classifier, real
-        self.kid_subsets, self.kid_subset_size = kid_subsets, kid_subset_size
-        self.metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), reset_real_features=False,
-                                               sync_on_compute=False)
-        _feed(self.metric, real, real[:0])
-        self._kid = {}  # one KID metric per subset size, which torchmetrics fixes at construction
-
-    def fid(self, fake: torch.Tensor) -> float:
-        """FID of `fake` against the reference set (Heusel et al. 2017); the reference features are reused."""
-        self.metric.reset()  # drops the generated features only
-        return float(_feed(self.metric, fake[:0], fake).compute())
-
-    def kid(self, fake: torch.Tensor, seed: int = 0) -> dict[str, float]:
-        """KID of `fake` as `kid` computes it (subsets drawn with `seed`): {"kid", "kid_std"}."""
-        from torchmetrics.image.kid import KernelInceptionDistance
-
-        size = min(self.kid_subset_size, len(self.real), len(fake))
-        if size not in self._kid:
-            self._kid[size] = KernelInceptionDistance(
-                feature=ClassifierFeatures(self.classifier, KID_FEATURE_SCALE), subsets=self.kid_subsets,
-                subset_size=size, sync_on_compute=False, reset_real_features=False)
-            _feed(self._kid[size], self.real, self.real[:0])
-        metric = self._kid[size]
-        metric.reset()
-        _feed(metric, fake[:0], fake)
-        state = torch.random.get_rng_state()  # torchmetrics draws its subsets from the global RNG: as in `kid`
-        torch.manual_seed(seed)
-        try:
-            mean, std = metric.compute()
-        finally:
-            torch.random.set_rng_state(state)
-        return {"kid": float(mean), "kid_std": float(std)}
-
-    def accuracy(self, fake: torch.Tensor, labels: torch.Tensor) -> float:
-        """Fraction of `fake` that the classifier reads as `labels` (`class_accuracy`)."""
-        return class_accuracy(self.classifier, fake, labels.to(fake.device))
-
-
-KID_FEATURE_SCALE = 0.1  # our features have E[phi^2] ~ 30; x 0.1 makes x.y/d ~ 0.3 in the cubic kernel, as with Inception
+def fid(classifier: nn.Module, real: torch.Tensor, fake: torch.Tensor, features="classifier") -> float:
+    """Frechet distance of one generated set to `real` (Heusel et al. 2017): `Judge(...).fid`."""
+    return Judge(classifier, real, features).fid(fake)
 
 
 def kid(classifier: nn.Module, real: torch.Tensor, fake: torch.Tensor, subsets: int = 50,
-        subset_size: int = 500, seed: int = 0) -> tuple[float, float]:
-    """Kernel distance: unbiased MMD^2 with cubic polynomial kernel, mean and std over subsets (Binkowski et al. 2018)."""
-    from torchmetrics.image.kid import KernelInceptionDistance
+        subset_size: int = 500, seed: int = 0, features="classifier") -> tuple[float, float]:
+    """Kernel distance of one generated set to `real`, (mean, std) over subsets (Binkowski et al. 2018): `Judge(...).kid`."""
+    k = Judge(classifier, real, features, kid_subsets=subsets, kid_subset_size=subset_size).kid(fake, seed)
+    return k["kid"], k["kid_std"]
 
-    metric = KernelInceptionDistance(feature=ClassifierFeatures(classifier, KID_FEATURE_SCALE), subsets=subsets,
-                                     subset_size=min(subset_size, len(real), len(fake)), sync_on_compute=False)
-    _feed(metric, real, fake)
-    state = torch.random.get_rng_state()  # torchmetrics draws its subsets from the global RNG:
-    torch.manual_seed(seed)  # fix it for this call and restore it afterwards
-    try:
-        mean, std = metric.compute()
-    finally:
-        torch.random.set_rng_state(state)
-    return float(mean), float(std)
+
+def distances(classifier: nn.Module, real: torch.Tensor, fakes: dict, seed: int = 0, subsets: int = 50,
+              subset_size: int = 500) -> dict:
+    """FID and KID of many generated sets against one real set (one `Judge`): {key: {"fid", "kid", "kid_std"}}."""
+    judge = Judge(classifier, real, kid_subsets=subsets, kid_subset_size=subset_size)
+    return {key: judge.scores(fake, seed=seed) for key, fake in fakes.items()}
 
 
 def real_floor(classifier: nn.Module, n: int = 1000, seed: int = 0, n_real: int | None = None,
@@ -161,14 +278,6 @@ def real_floor(classifier: nn.Module, n: int = 1000, seed: int = 0, n_real: int 
         pick = torch.randperm(len(x_train), generator=g)[:n]
     a = x_train[pick].to(device)
     b = x_held[torch.randperm(len(x_held), generator=g)[:n_real].to(device)]
-    k_mean, k_std = kid(classifier, b, a, seed=seed)
-    return {"fid": fid(classifier, b, a), "kid": k_mean, "kid_std": k_std, "n": n, "n_real": n_real,
+    s = Judge(classifier, b).scores(a, seed=seed)
+    return {"fid": s["fid"], "kid": s["kid"], "kid_std": s["kid_std"], "n": n, "n_real": n_real,
             **({"balanced": True} if balanced else {})}
-
-
-def distances(classifier: nn.Module, real: torch.Tensor, fakes: dict, seed: int = 0, subsets: int = 50,
-              subset_size: int = 500) -> dict:
-    """`fid` and `kid` of many generated sets against one reference set (`Reference`: its features once):
-    {key: {"fid", "kid", "kid_std"}}, equal to calling fid and kid per set."""
-    ref = Reference(classifier, real, kid_subsets=subsets, kid_subset_size=subset_size)
-    return {key: {"fid": ref.fid(fake), **ref.kid(fake, seed)} for key, fake in fakes.items()}

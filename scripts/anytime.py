@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     record["environment"] = {"commit": commit(), "machine": platform.processor() or platform.machine(),
                              "torch": torch.__version__, "threads": args.threads}
     clf = models.load("mnist-classifier")
-    reference = metrics.Reference(clf, data.mnist("heldout")[0])
+    reference = metrics.Judge(clf, data.mnist("heldout")[0])  # held-out features once
     labels = torch.tensor([i % 10 for i in range(args.n)])
     model = prepare("mnist-dit", cond=labels.tolist(), guidance_scale=args.guidance, preset="paper")
     specs, record["infeasible"] = specs_of(args), record.get("infeasible", {})

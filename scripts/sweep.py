@@ -1,10 +1,10 @@
 """Table 1 as a sweep: FID, KID and class accuracy of vanilla and Nested Diffusion stopped at a percentage of a budget.
 
-    python scripts/sweep.py --budgets 100 150 250 --n 1000 --out runs/table1              # one process
-    torchrun --nproc_per_node 2 -- scripts/sweep.py --budgets 100 150 250 --n 1000 --out runs/table1
+    python scripts/sweep.py --budgets 100 150 250 --samples 1000 --out runs/table1              # one process
+    torchrun --nproc_per_node 2 scripts/sweep.py --budgets 100 150 250 --samples 1000 --out runs/table1
 
-(torchrun's own parser takes `--n` for an abbreviation of its options unless `--` ends them; `--samples` is the
-same option under a name it leaves alone.)
+(No option of the sweep is a prefix of one of torchrun's, which torchrun would take for an abbreviation of its own:
+the command needs no `--` before the script.)
 
 One row per (budget, percent, sampler, seed): the sampler runs its whole budget once per sample, and each percent
 reads the preview it holds at nfe = budget * percent // 100 (`Result.at`, the same anytime previews the chapters
@@ -12,17 +12,18 @@ plot); only those previews are decoded. Samplers are the library's (`nestedlib.p
 = DDPM with the learned variance, `budget` steps (its preview is the network's mean); nested = 5 outer DDIM steps of
 budget / 5 inner DDPM steps (its preview is the last finished inner run).
 
-Samples are reproducible one by one: sample i of seed s has label i % 10 and draws its noise from its own stream
-(`sample_generators(s, [i])`), and the samples are cut into fixed micro-batches of --batch consecutive indices, so
-every network and decoder call sees the same batch whatever the number of processes. Under torchrun
-(torch.distributed: gloo on CPU, NCCL on GPU) rank r samples micro-batches r, r + K, ...; rank 0 gathers the images,
-computes the metrics and writes OUT/results.json. 1 and K processes therefore give identical numbers, given the
+Samples are reproducible one by one (`nestedlib.sweep`, shared with the Table 1 chapter): sample i of seed s has
+label i % 10 and draws its noise from its own stream (`sample_generators(s, [i])`), and the samples are cut into fixed
+micro-batches of --batch consecutive indices, so every network and decoder call sees the same batch whatever the
+number of processes. Under torchrun (torch.distributed: gloo on CPU, NCCL on GPU) rank r samples micro-batches
+r, r + K, ...; rank 0 gathers the images, computes the metrics and writes OUT/results.json. 1 and K processes therefore give identical numbers, given the
 same threads per process (the VAE's convolutions round differently with another thread count: about 1e-7 relative in
 FID). torchrun runs 1 thread per process; on a shared CPU that is also far faster than 1 process of several threads,
 whose OpenMP threads wait for each other whenever another user holds a core.
 
-Metrics (`nestedlib.metrics`, in the bundled classifier's feature space) compare the n samples of a cell with the
-1,000 held-out MNIST digits; the real-vs-real floor (n training digits against the same 1,000 held-out ones) is written beside them.
+Metrics (`nestedlib.metrics.Judge`, in the bundled classifier's feature space; --judges adds others) compare the n
+samples of a cell with the 1,000 held-out MNIST digits, whose features are computed once per judge; the real-vs-real
+floor (n training digits against the same 1,000 held-out ones) is written beside them.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 PAPER_BUDGETS = [100, 150, 250]
 PAPER_PERCENTS = [20, 40, 60, 80, 100]
 SAMPLERS = ("vanilla", "nested")
-JUDGES = ("classifier", "logits", "pixels")  # feature spaces of FID/KID: see judges_of  # the metrics read digits through mnist-classifier
+JUDGES = ("classifier", "logits", "pixels")  # feature spaces of FID/KID (nestedlib.metrics.FEATURES, offline ones)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -57,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--budgets", type=int, nargs="+", default=PAPER_BUDGETS, help="total NFEs (default 100 150 250)")
     ap.add_argument("--percents", type=int, nargs="+", default=PAPER_PERCENTS,
                     help="stops, in percent of the budget (default 20 40 60 80 100)")
-    ap.add_argument("--n", "--samples", dest="n", type=int, default=1000,
+    ap.add_argument("--samples", dest="n", type=int, default=1000,
                     help="samples per cell (default 1000; the paper: 50,000)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one row per seed (default 0)")
     ap.add_argument("--guidance", type=float, default=None,
@@ -106,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          f"preview ({first} NFEs, {100 // args.outer} % of the budget with {args.outer} outer "
                          f"steps); use percents of at least {-(-100 * first // b)}")
     if args.n < 2:
-        ap.error(f"--n must be at least 2 samples per cell (FID needs a covariance), got {args.n}")
+        ap.error(f"--samples must be at least 2 samples per cell (FID needs a covariance), got {args.n}")
     if args.batch < 1:
         ap.error(f"--batch must be a positive number of samples, got {args.batch}")
     for name in ("budgets", "percents", "seeds", "judges"):
@@ -174,16 +175,18 @@ class Dist:
 
 
 def chunks(n: int, batch: int) -> list[range]:
-    """The fixed micro-batches of a cell: consecutive sample indices, the same for any number of processes."""
-    return [range(lo, min(lo + batch, n)) for lo in range(0, n, batch)]
+    """The fixed micro-batches of a cell (`nestedlib.sweep.chunks`)."""
+    from nestedlib import sweep
+
+    return sweep.chunks(n, batch)
 
 
 def labels_of(indices: range, model: str = "mnist-dit") -> list[int]:
-    """Sample i asks for class i % classes (the model's registry entry): it depends on the index only, and 100
-    samples of mnist-dit hold 10 of each digit."""
-    from nestedlib import models
+    """Sample i asks for class i % classes of the model's registry entry (`nestedlib.sweep.labels_of`): 100 samples
+    of mnist-dit hold 10 of each digit."""
+    from nestedlib import models, sweep
 
-    return [i % models.info(model).classes for i in indices]
+    return sweep.labels_of(indices, models.info(model).classes)
 
 
 class Sampler:
@@ -215,25 +218,17 @@ def sample_cell(sampler: Sampler, budget: int, seed: int, mine: list[range], arg
     """
     import torch
 
-    from nestedlib import run, sample_generators
-    from nestedlib.pipelines import paper_samplers
+    from nestedlib.sweep import sample_batch
 
     out = {}
     for idx in mine:
         model = sampler.model(idx)
-        processes = paper_samplers(model, budget, outer=args.outer)
+        start = time.perf_counter()
+        results = sample_batch(model, budget, seed, idx, outer=args.outer, bar=bar)  # both samplers, own streams
+        clock["sampling_s"] += time.perf_counter() - start
         part = {"images": {}, "preview_nfe": {}}
         for name in SAMPLERS:
-            generators = sample_generators(seed, idx)  # (seed, index): CPU streams, the same noise on any device
-            spent = [0]
-
-            def progress(event, spent=spent, size=len(idx)):
-                bar.update((event.nfe - spent[0]) * size)  # image-NFEs
-                spent[0] = event.nfe
-
-            start = time.perf_counter()
-            result = run(processes[name], model.noise(generators), generator=generators, callback=progress)
-            clock["sampling_s"] += time.perf_counter() - start
+            result = results[name]
             start = time.perf_counter()
             decoded = {}  # preview NFE -> images: nested at 20 % and 30 % of a budget may hold the same preview
             for p in args.percents:
@@ -254,101 +249,34 @@ def sample_cell(sampler: Sampler, budget: int, seed: int, mine: list[range], arg
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def reference_classifier(classifier, real):
-    """The classifier, with the real set's features computed once: `metrics.fid` and `metrics.kid` feed the same
-    1,000 held-out digits (in the same batches of 500) to it for every cell, which would cost more than sampling in
-    a small sweep; the logits (the `logits` judge) are computed from the cached features. Features of any other input,
-    e.g. generated digits, are computed as usual."""
+def cell_rows(parts: list[dict], budget: int, seed: int, args, judges: dict, bar) -> list[dict]:
+    """Rows of one (budget, seed) from every rank's micro-batches, put back in sample order; `judges` maps a feature
+    space to its `metrics.Judge` (the classifier's gives fid, kid, kid_std and class_accuracy, the others fid_<name>
+    and kid_<name>)."""
     import torch
-    from torch import nn
-
-    class Reference(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.classifier, self.head, self.real = classifier, classifier.head, real
-            self.cache: dict[tuple, torch.Tensor] = {}
-
-        def features(self, x: torch.Tensor) -> torch.Tensor:
-            if x.untyped_storage().data_ptr() != self.real.untyped_storage().data_ptr():  # not a slice of `real`
-                return self.classifier.features(x)
-            key = (x.storage_offset(), tuple(x.shape), x.stride())
-            if key not in self.cache:  # `real` is kept alive (and unchanged) here, so its memory is never reused
-                self.cache[key] = self.classifier.features(x)
-            return self.cache[key]
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:  # logits from the cached features (eval: no dropout)
-            return self.head(self.classifier.dropout(self.features(x)))
-
-    return Reference().eval()
-
-
-class PoolJudge:
-    """A judge that reads pixels: 4x4 average pooling of the 32x32 digit, 64 features (no learned weights)."""
-
-    num_features = 64
-
-    def eval(self):
-        return self
-
-    def features(self, x):
-        import torch.nn.functional as F
-
-        return F.avg_pool2d(x.float(), 4).flatten(1)
-
-
-class LogitJudge:
-    """A judge that reads the classifier's 10 logits only: what a digit is, not how it is drawn."""
-
-    num_features = 10
-
-    def __init__(self, classifier):
-        self.classifier = classifier
-
-    def eval(self):
-        return self
-
-    def features(self, x):
-        return self.classifier(x)
-
-    def __call__(self, x):
-        return self.classifier(x)
-
-
-def judges_of(names: list[str], clf) -> dict:
-    """name -> an object with `features(x)` and `num_features`, fed to `nestedlib.metrics` like the classifier."""
-    made = {"classifier": lambda: clf, "logits": lambda: LogitJudge(clf), "pixels": PoolJudge}
-    return {name: made[name]() for name in names}
-
-
-def cell_rows(parts: list[dict], budget: int, seed: int, args, clf, real, bar, judges: dict) -> list[dict]:
-    """Rows of one (budget, seed) from every rank's micro-batches, put back in sample order."""
-    import torch
-
-    from nestedlib import metrics
 
     merged = {}
     for part in parts:
         merged.update(part)
     starts = sorted(merged)
-    labels = torch.tensor(labels_of(range(args.n), args.model))
+    labels = None if args.unconditional else labels_of(range(args.n), args.model)
     rows = []
     for name in SAMPLERS:
         for p in args.percents:
-            fake = torch.cat([merged[s]["images"][name, p] for s in starts]).to(real.device)
+            fake = torch.cat([merged[s]["images"][name, p] for s in starts])
             assert len(fake) == args.n, (len(fake), args.n)
             preview = {merged[s]["preview_nfe"][name, p] for s in starts}
-            kid, kid_std = metrics.kid(clf, real, fake, seed=seed)
+            main = judges["classifier"].scores(fake, labels, seed=seed)
             other = {}
-            for judge, features in judges.items():  # FID and KID of other judges, beside the classifier's
-                if judge == "classifier":
-                    continue
-                other[f"fid_{judge}"] = metrics.fid(features, real, fake)
-                other[f"kid_{judge}"] = metrics.kid(features, real, fake, seed=seed)[0]
+            for judge, scorer in judges.items():  # FID and KID of other judges, beside the classifier's
+                if judge != "classifier":
+                    more = scorer.scores(fake, seed=seed)
+                    other[f"fid_{judge}"], other[f"kid_{judge}"] = more["fid"], more["kid"]
             rows.append({
                 "budget": budget, "percent": p, "nfe": budget * p // 100, "preview_nfe": preview.pop(),
                 "sampler": name, "seed": seed, "n": args.n,
-                "fid": metrics.fid(clf, real, fake), "kid": kid, "kid_std": kid_std,
-                "class_accuracy": None if args.unconditional else metrics.class_accuracy(clf, fake, labels.to(real.device)),
+                "fid": main["fid"], "kid": main["kid"], "kid_std": main["kid_std"],
+                "class_accuracy": main.get("accuracy"),
                 **other,
             })
             bar.update(1)
@@ -400,8 +328,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     lead = dist.rank == 0
     if lead:
         real = data.mnist("heldout")[0].to(dist.device)  # metrics run where the samples were drawn
-        clf = reference_classifier(models.load("mnist-classifier", device=dist.device), real)
-        judges = judges_of(args.judges, clf)
+        clf = models.load("mnist-classifier", device=dist.device)
+        # one judge per feature space, the held-out digits' features computed once each
+        judges = {name: metrics.Judge(clf, real, name) for name in dict.fromkeys(["classifier", *args.judges])}
     clock = {"sampling_s": 0.0, "decode_s": 0.0, "gather_s": 0.0, "metrics_s": 0.0, "image_nfe": 0,
              "decoded_images": 0}
     total = 2 * sum(args.budgets) * len(args.seeds) * sum(len(c) for c in mine)
@@ -419,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                 clock["gather_s"] += time.perf_counter() - start
                 if lead:
                     start = time.perf_counter()
-                    rows += cell_rows(parts, budget, seed, args, clf, real, mbar, judges)
+                    rows += cell_rows(parts, budget, seed, args, judges, mbar)
                     clock["metrics_s"] += time.perf_counter() - start
         if lead:
             start = time.perf_counter()

@@ -1,12 +1,13 @@
 """Which settings give Nested Diffusion an early advantage on mnist-sd? 100 prompts x 3 seeds x 100 NFEs per setting.
 
-    OMP_NUM_THREADS=1 python results/text-to-image-settings/explore.py g4 100 > g4.log   # settings at w = 4
-    OMP_NUM_THREADS=1 python results/text-to-image-settings/explore.py g 100 > g.log     # guidance scales
+    OMP_NUM_THREADS=1 python scripts/text_to_image_settings.py g4 100 > g4.log   # settings at w = 4
+    OMP_NUM_THREADS=1 python scripts/text_to_image_settings.py g 100 > g.log     # guidance scales
 
-Each line of the output is one (setting, guidance, seed) row: prompt accuracy, FID and KID (nestedlib.metrics, the
-bundled classifier's features, against the 1,000 held-out digits) of the preview held after 10 to 100 % of the
-budget. Prompt i asks for digit i % 10 with the training template (i // 10) % 8; image i of seed s draws x_T from
-the stream (s, i) and the run's own noise from the stream (s + 1000, i).
+Each line of the output is one (setting, guidance, seed) row: prompt accuracy, FID and KID (`nestedlib.metrics.Judge`,
+the bundled classifier's features, against the 1,000 held-out digits; KID's subsets drawn with seed 0) of the preview
+held after 10 to 100 % of the budget; `results/text-to-image-settings/settings.json` is the list of such rows.
+Prompt i asks for digit i % 10 with the training template (i // 10) % 8; image i of seed s draws x_T from the stream
+(s, i) and the run's own noise from the stream (s + 1000, i).
 """
 import json
 import sys
@@ -15,59 +16,37 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers import DPMSolverMultistepScheduler  # noqa: E402
-from torchmetrics.image.fid import FrechetInceptionDistance  # noqa: E402
-from torchmetrics.image.kid import KernelInceptionDistance  # noqa: E402
 
 from nestedlib import data  # noqa: E402
-from nestedlib.metrics import KID_FEATURE_SCALE, ClassifierFeatures, class_accuracy  # noqa: E402
+from nestedlib.metrics import Judge  # noqa: E402
 from nestedlib.models import load, prompts_for  # noqa: E402
 from nestedlib.pipelines import inner_from_scheduler, paper_samplers, prepare  # noqa: E402
 from nestedlib.sampling import nested, run, sample_generators, vanilla  # noqa: E402
 from nestedlib.schedules import split_budget  # noqa: E402
 
 torch.set_num_threads(1)
+if len(sys.argv) != 3 or sys.argv[1] not in ("g4", "g") or not sys.argv[2].isdigit() or int(sys.argv[2]) < 2:
+    sys.exit("usage: python scripts/text_to_image_settings.py {g4,g} N  (g4: settings at guidance 4; g: guidance "
+             "scales; N >= 2 prompts per seed)")
 group, n = sys.argv[1], int(sys.argv[2])
 seeds, total = [0, 1, 2], 100
 labels = [i % 10 for i in range(n)]
 prompts = [prompts_for(label)[i // 10 % 8] for i, label in enumerate(labels)]
-clf, held = load("mnist-classifier"), data.mnist("heldout")[0]
-target = torch.tensor(labels)
+judge = Judge(load("mnist-classifier"), data.mnist("heldout")[0])  # the held-out digits' features computed once
 stops = [10, 20, 40, 60, 80, 100]
-# nestedlib.metrics.fid / kid with the held-out features computed once
-FID = FrechetInceptionDistance(feature=ClassifierFeatures(clf), reset_real_features=False, sync_on_compute=False)
-KID = KernelInceptionDistance(feature=ClassifierFeatures(clf, KID_FEATURE_SCALE), subsets=50, subset_size=min(500, n),
-                              reset_real_features=False, sync_on_compute=False)
-FID.update(held, real=True)
-KID.update(held, real=True)
-
-
-def fid(images):
-    FID.reset()
-    FID.update(images, real=False)
-    return float(FID.compute())
-
-
-def kid(images):
-    KID.reset()
-    KID.update(images, real=False)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    try:
-        return float(KID.compute()[0])
-    finally:
-        torch.random.set_rng_state(state)
 
 
 def measure(res, decode):
+    """{stop %: {"acc", "fid", "kid"} of the preview held there, or None before the first preview}."""
     out = {}
     for k in stops:
         if res.previews[0].nfe > k:
             out[k] = None
             continue
-        images = decode(res.at(k).x0)
-        out[k] = dict(acc=class_accuracy(clf, images, target), fid=fid(images), kid=kid(images))
+        score = judge.scores(decode(res.at(k).x0), labels, seed=0)
+        out[k] = dict(acc=score["accuracy"], fid=score["fid"], kid=score["kid"])
     return out
 
 
