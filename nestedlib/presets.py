@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from .sampling import Context, Diffusion, Event
-from .schedules import CLEAN, SPACINGS
+from .schedules import CLEAN, SPACINGS, positive_int
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Preset:
     """A sampler preset: every setting in which the authors' code and this book's defaults differ, by name."""
 
@@ -32,17 +32,6 @@ class Preset:
 
     def __str__(self) -> str:
         return self.name
-
-    def __eq__(self, other: object) -> bool:
-        """Equal to a Preset with the same settings, and to its name (`model.preset == "paper"` keeps working)."""
-        if isinstance(other, str):
-            return self.name == other
-        if isinstance(other, Preset):
-            return vars(self) == vars(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.name)
 
 
 BOOK = Preset("book", grid_spacing="linspace", dit_guided_channels=None, sd_inner_end_abar0=False,
@@ -72,9 +61,8 @@ def preset_of(preset: str | Preset) -> Preset:
 def sd15_timesteps(steps: int, num_timesteps: int = 1000, steps_offset: int = SD15_DDIM["steps_offset"]) -> list[int]:
     """diffusers' DDIMScheduler grid under SD 1.5's config ("leading" spacing, steps_offset 1): t_i = i (T // n) + 1,
     i = n - 1, ..., 0 (50 steps: 981, 961, ..., 1)."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"the number of steps must be a positive integer, got {steps!r}")
-    ratio = num_timesteps // int(steps)
+    steps = positive_int("the number of steps", steps)
+    ratio = num_timesteps // steps
     grid = (np.arange(int(steps))[::-1] * ratio + steps_offset).tolist()
     if ratio == 0 or grid[0] > num_timesteps - 1:
         raise ValueError(f"SD 1.5's DDIM grid has no {steps} distinct steps at or below t={num_timesteps - 1} "

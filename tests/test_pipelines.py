@@ -380,7 +380,7 @@ def test_a_preset_is_one_object_that_names_what_it_sets(dit_pipe, sd_pipe):
             PAPER.sd_guidance_below_one) == ("space_timesteps", 3, True, "sd15", False)
     assert (BOOK.grid_spacing, BOOK.dit_guided_channels, BOOK.sd_inner_end_abar0, BOOK.sd_vanilla,
             BOOK.sd_guidance_below_one) == ("linspace", None, False, "linspace", True)
-    assert PAPER == "paper" and BOOK != "paper" and str(PAPER) == "paper"  # names still compare, as before
+    assert PAPER != BOOK and str(PAPER) == "paper" and PAPER == Preset(**vars(PAPER))  # equal settings, equal presets
     # a string and the object build the same samplers; a custom preset changes exactly the field it names
     by_name, by_object = (dit_model(dit_pipe, [1, 7], 4.0, preset=p) for p in ("paper", PAPER))
     assert by_name.preset is PAPER and by_object.network.guided_channels == 3
