@@ -1,13 +1,18 @@
-"""What every chapter needs around the sampler: the device to run on and a results file for its claims."""
+"""What every chapter needs around the sampler: the device and CPU threads to run on, and a results file for its claims."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .schedules import positive_int
+
+THREADS_VARIABLE = "NESTEDLIB_THREADS"
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -21,6 +26,27 @@ def pick_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but no GPU is visible; use device='auto' or 'cpu'")
     return dev
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Torch's CPU threads for this process: `threads`, else $NESTEDLIB_THREADS, else 1 (benchmarks/threads.py).
+
+    One thread is the measured choice: beside one busy process, torch with as many threads as cores runs several
+    times slower than idle (its threads wait for each other), while one thread stays near its idle speed; the book
+    build fills the cores by running chapters side by side instead (scripts/execute_chapters.py).
+    """
+    if threads is None:
+        env = os.environ.get(THREADS_VARIABLE, "").strip()
+        if env:
+            try:
+                threads = int(env)
+            except ValueError:
+                raise ValueError(f"${THREADS_VARIABLE} must be a positive integer, got {env!r}; unset it for 1 thread") from None
+        else:
+            threads = 1
+    threads = positive_int("threads", threads, f"a positive integer (or unset ${THREADS_VARIABLE} for 1)")
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _jsonable(v: Any) -> Any:

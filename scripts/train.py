@@ -16,7 +16,7 @@ Options: --minutes M stops after M wall-clock minutes (a checkpoint is kept in r
 `--resume` continues it; the weights are saved to data/ only when all steps are done, or with
 --save-partial), --steps N overrides the number of steps, --seed S, --out DIR (default data/).
 `touch runs/<name>/STOP` ends a running job cleanly (checkpoint written). On a CPU shared with other
-jobs, --threads 1 is much faster than two threads fighting for one core (measured: 9x on the VAE).
+jobs, one thread (the default) is much faster than two threads fighting for one core (measured: 9x on the VAE).
 Then `python scripts/evaluate.py <name>` measures the model and writes its model card.
 """
 
@@ -42,6 +42,7 @@ import bundles as B  # noqa: E402
 import evaluate as E  # noqa: E402 (train uses evaluate's samplers; evaluate never imports train)
 import training as T  # noqa: E402
 from nestedlib import Schedule, architectures, data, models, prompts  # noqa: E402
+from nestedlib.runtime import set_threads  # noqa: E402
 
 # The shipped settings of each model (by its registry key): TrainConfig fields plus the batch size.
 SETTINGS: dict[str, dict] = {
@@ -300,11 +301,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "data")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs")
     ap.add_argument("--save-partial", action="store_true", help="save to data/ even if steps are not all done")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1, or $NESTEDLIB_THREADS)")
     ap.add_argument("--no-track", action="store_true", help="do not track sample accuracy while training")
     ap.add_argument("--device", default="cpu", help="pixel only: where the network trains (cpu or cuda)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
+    set_threads(args.threads)
 
     key, name = args.model.key, args.model.name
     cfg, batch = config_of(key, args)
