@@ -16,13 +16,25 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 @pytest.fixture(scope="session")
 def html(tmp_path_factory) -> Path:
+    """The build of scripts/book.sh: chapters executed side by side into the cache, then the book built from it."""
     out = tmp_path_factory.mktemp("book")
+    execute = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "execute_chapters.py"), "--cache", str(out / "_build" / ".jupyter_cache"),
+         "--times", str(out / "chapter-times.json")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    print(execute.stdout)  # each chapter's time and longest cell, in the test log
+    assert execute.returncode == 0, execute.stdout[-6000:] + execute.stderr[-3000:]
     jb = Path(sys.executable).with_name("jupyter-book")
     proc = subprocess.run(
         [str(jb), "build", str(ROOT), "-W", "-n", "--keep-going", "--path-output", str(out)],
         capture_output=True, text=True, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    executed = json.loads((out / "chapter-times.json").read_text())["chapters"]
+    log = proc.stdout + proc.stderr
+    assert "Executing notebook" not in log and log.count("Using cached notebook") == len(executed), \
+        "the build executed a chapter itself instead of taking it from the cache"
     return out / "_build" / "html"
 
 
