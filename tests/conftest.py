@@ -1,4 +1,6 @@
-"""Shared fixtures: a linear schedule, the 2-D toy and its exact epsilon network."""
+"""Shared fixtures: a linear schedule, the 2-D toy and its exact epsilon network; the `slow` tier."""
+import inspect
+
 import pytest
 import torch
 
@@ -23,3 +25,12 @@ def toy_net(mixture, schedule) -> Network:
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `slow` every test that builds the book (the `html` fixture) or executes a chapter (calls
+    test_notebooks.execute), so that `pytest -m "not slow"` is the unit layer; other slow tests carry the mark."""
+    for item in items:
+        fn = getattr(item, "function", None)
+        if "html" in getattr(item, "fixturenames", ()) or (fn is not None and "execute(" in inspect.getsource(fn)):
+            item.add_marker(pytest.mark.slow)

@@ -184,6 +184,7 @@ def _value(rec: dict, name: str, k: int, key: str) -> float:
     return [row[key] for row in rec[name]["curve"] if row["nfe"] <= k][-1]
 
 
+@pytest.mark.slow  # its fixture executes the chapter
 def test_inverse_chapter_claims(chapter):
     first, last = chapter["checkpoints"][0], chapter["checkpoints"][-1]
     seeds = chapter["per_seed"]

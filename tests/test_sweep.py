@@ -51,6 +51,7 @@ def runs(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow  # its fixture runs the sweep under torchrun, on 1 and on 2 processes
 def test_one_and_two_processes_give_identical_numbers(runs):
     one, two = runs[1]["results"], runs[2]["results"]
     assert (one["processes"], two["processes"]) == (1, 2)
@@ -59,6 +60,7 @@ def test_one_and_two_processes_give_identical_numbers(runs):
     assert one["image_nfe"] == two["image_nfe"] == 2 * 10 * 8 * 2  # samplers x budget x n x seeds
 
 
+@pytest.mark.slow  # the torchrun runs
 def test_results_schema(runs):
     record = runs[1]
     res, params = record["results"], record["parameters"]
@@ -88,6 +90,7 @@ def test_results_schema(runs):
     assert len(two["sampling_s"]) == 2 and max(two["sampling_s"]) < two["wall_s"]
 
 
+@pytest.mark.slow  # the torchrun runs
 def test_rows_are_the_judges_scores_of_the_samples(runs):
     """Seed 1's four rows, recomputed in this process: the samples of nestedlib.sweep (the same micro-batches and
     streams), their previews at each stop, and one metrics.Judge per feature space. One thread, as in the runs: the

@@ -78,7 +78,9 @@ def test_text_to_image_claims(tmp_path):
     assert all(all(x < 0 for x in d[dpm][k]["change_to_end"]) for k in stops[:-1])
     assert all(x < 0 for x in d[dpm]["100"]["accuracy"])
     assert mean(dpm, "100", "fid") > mean(dpm, "80", "fid") > mean(dpm, "60", "fid")
-    assert max(d[dpm]["20"]["fid"]) > 0  # its early FID lead (asserted from the sweep) does not show at n = 20
+    # its early FID lead (asserted from the sweep) does not show at n = 20: the sign changes between seeds
+    # (measured: -27, +41, +69, against float32 noise of about 1e-3 in these FIDs)
+    assert min(d[dpm]["20"]["fid"]) < 0 < max(d[dpm]["20"]["fid"])
     # small n: two real sets of these sizes are farther apart than nested's final samples and the held-out digits
     floor = sum(f["fid"] for f in r["real_floor"]) / len(r["real_floor"])
     assert floor > mean(ddim, "100", "fid")
