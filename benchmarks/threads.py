@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from time_chapters import burn  # noqa: E402  (one core kept busy: the competing process of the book's timings)
 
 CASE = r"""
 import json, sys, time, torch
@@ -35,16 +38,6 @@ for name, proc in paper_samplers(m, 100, outer=5).items():
     out[name] = time.perf_counter() - start
 print(json.dumps(out))
 """
-
-
-def burn() -> None:
-    """One core kept busy until killed."""
-    import torch
-
-    torch.set_num_threads(1)
-    a = torch.randn(512, 512)
-    while True:
-        a = torch.tanh(a @ a)
 
 
 def one(threads: int, n: int) -> dict:

@@ -23,6 +23,13 @@ def toy_net(mixture, schedule) -> Network:
     return Network(mixture.network(schedule))
 
 
+def flip_last_byte(path) -> None:
+    """Corrupt a weight file the way a broken download does: one byte changed, the size kept."""
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

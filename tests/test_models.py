@@ -13,6 +13,8 @@ import torch
 from nestedlib import data, metrics, models
 from nestedlib.widgets import to_uint8
 
+from conftest import flip_last_byte
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bundles as B  # noqa: E402
 
@@ -76,10 +78,7 @@ def test_load_verifies_sha256_and_rebuilds_the_model(tiny_bundle):
 
 def test_corrupt_weight_file_says_what_to_do(tiny_bundle):
     root, _ = tiny_bundle
-    f = root / "mnist-classifier" / "model.safetensors"
-    raw = bytearray(f.read_bytes())
-    raw[-1] ^= 0xFF
-    f.write_bytes(bytes(raw))
+    flip_last_byte(root / "mnist-classifier" / "model.safetensors")
     with pytest.raises(models.CorruptWeightsError, match="corrupt.*python scripts/train.py classifier"):
         models.load("mnist-classifier", root=root)
 

@@ -14,6 +14,8 @@ from nestedlib import metrics, models, run, sample_generators
 from nestedlib.decoders import DECODERS, fit_linear, preview_decoder
 from nestedlib.pipelines import paper_samplers, prepare
 
+from conftest import flip_last_byte
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bundles as B  # noqa: E402
 
@@ -108,10 +110,7 @@ def test_shipped_decoders_load_with_checksum_and_say_what_to_do_when_corrupt(tmp
     size = (models.DATA_ROOT / "mnist-tiny-decoder" / "model.safetensors").stat().st_size
     assert size < 300_000  # small: tens of KB
     shutil.copytree(models.DATA_ROOT / "mnist-tiny-decoder", tmp_path / "mnist-tiny-decoder")
-    f = tmp_path / "mnist-tiny-decoder" / "model.safetensors"
-    raw = bytearray(f.read_bytes())
-    raw[-1] ^= 0xFF
-    f.write_bytes(bytes(raw))
+    flip_last_byte(tmp_path / "mnist-tiny-decoder" / "model.safetensors")
     with pytest.raises(models.CorruptWeightsError, match="python scripts/train.py tiny-decoder"):
         models.load("mnist-tiny-decoder", root=tmp_path)
 
