@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,13 @@ def set_threads(threads: int | None = None) -> int:
     threads = positive_int("threads", threads, f"a positive integer (or unset ${THREADS_VARIABLE} for 1)")
     torch.set_num_threads(threads)
     return threads
+
+
+def progress(iterable, desc: str | None = None, total: int | None = None):
+    """A text progress bar on stderr over a long cell's loop: a live notebook shows it, the book build drops stderr."""
+    from tqdm.std import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, mininterval=2)
 
 
 def _jsonable(v: Any) -> Any:

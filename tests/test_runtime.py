@@ -35,3 +35,12 @@ def test_a_bad_environment_value_is_refused_with_what_to_do(monkeypatch, env):
 def test_a_bad_argument_is_refused(bad):
     with pytest.raises(ValueError, match="threads"):
         set_threads(bad)
+
+
+def test_progress_yields_every_item_and_draws_on_stderr_only(capsys):
+    """The book build drops stderr (_config.yml: stderr_output: remove), so a bar there never reaches a page."""
+    from nestedlib.runtime import progress
+
+    assert list(progress(range(5), desc="work")) == [0, 1, 2, 3, 4]
+    out = capsys.readouterr()
+    assert out.out == "" and "work" in out.err and "5/5" in out.err
