@@ -8,6 +8,7 @@
 - Registers the pybtex style `author_year`, whose bibliography labels read as the text cites ("Efron, 2011").
 - Adds book.css: on a phone, long inline math and code wrap instead of widening the page; result tables scroll
   sideways inside their own box.
+- Adds book-figures.js: on a phone, a wide figure is shown at 45 % of its size or more and scrolls in its own box.
 - Numbers result tables as tables: a `{glue:figure}` pasting a DataFrame with `:figclass: result-table` becomes a
   `result_table` node, which Sphinx counts apart from figures ("Table 10.1") and `{numref}` cites as a table.
 """
@@ -110,5 +111,6 @@ def setup(app):
     app.connect("html-page-context", _dedupe, priority=900)
     app.connect("doctree-resolved", _unique_ids)
     app.add_js_file("mathjax-v2-shim.js", priority=900, defer="defer")  # after MathJax (priority 500 by default)
-    app.add_css_file("book.css", priority=900)  # after the theme's and the extensions' stylesheets
+    app.add_css_file("book.css", priority=900)
+    app.add_js_file("book-figures.js", priority=900, defer="defer")  # phones: wide figures scroll, labels stay legible  # after the theme's and the extensions' stylesheets
     return {"parallel_read_safe": True, "parallel_write_safe": True}
