@@ -12,6 +12,10 @@ plot); only those previews are decoded. Samplers are the library's (`nestedlib.p
 = DDPM with the learned variance, `budget` steps (its preview is the network's mean); nested = 5 outer DDIM steps of
 budget / 5 inner DDPM steps (its preview is the last finished inner run).
 
+Provenance: the sweep records the commit it ran from (results.json: `commit`, `modified_files`) and refuses to run
+from a working tree with uncommitted changes unless given --allow-dirty (then the commit reads '<sha>+dirty'), so
+that a committed result names a commit that regenerates it.
+
 Samples are reproducible one by one (`nestedlib.sweep`, shared with the Table 1 chapter): sample i of seed s has
 label i % 10 and draws its noise from its own stream (`sample_generators(s, [i])`), and the samples are cut into fixed
 micro-batches of --batch consecutive indices, so every network and decoder call sees the same batch whatever the
@@ -76,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
                     help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK, or all ranks on one GPU when there are "
                          "more ranks than GPUs)")
     ap.add_argument("--out", default="runs/sweep", help="folder of results.json (default runs/sweep)")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="run from a working tree with uncommitted changes (recorded as '<commit>+dirty' with the "
+                         "changed files); without it the sweep refuses, so that its commit regenerates its results")
     return ap
 
 
@@ -283,15 +290,27 @@ def cell_rows(parts: list[dict], budget: int, seed: int, args, judges: dict, bar
     return rows
 
 
-def commit() -> str:
-    """The repository's HEAD (with '+dirty' when tracked files differ), or 'unknown'."""
+def provenance() -> dict:
+    """The code the sweep runs: {"commit": HEAD, with '+dirty' when files differ from it, "modified": the changed or
+    untracked files (git status --porcelain), or commit "unknown" outside a git checkout}."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True)
-        return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return {"commit": "unknown", "modified": []}
+    modified = [line[3:] for line in status.stdout.splitlines() if line.strip()]
+    return {"commit": head.stdout.strip() + ("+dirty" if modified else ""), "modified": modified}
+
+
+def check_clean(allow_dirty: bool) -> dict:
+    """provenance(), or exit with what to do when the tree has uncommitted changes and allow_dirty is False."""
+    code = provenance()
+    if code["modified"] and not allow_dirty:
+        shown = ", ".join(code["modified"][:8]) + (", ..." if len(code["modified"]) > 8 else "")
+        sys.exit(f"scripts/sweep.py: the working tree has uncommitted changes ({shown}), so no commit would regenerate "
+                 "these results. Commit (or stash) them and run again, or pass --allow-dirty to run anyway; the "
+                 "results then record the commit as '<commit>+dirty' with the list of changed files.")
+    return code
 
 
 def machine(device) -> dict:
@@ -314,6 +333,7 @@ def machine(device) -> dict:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
+    code = check_clean(args.allow_dirty)  # before any work: every rank sees the same tree
     wall = time.perf_counter()
     import torch
     from tqdm.auto import tqdm
@@ -365,11 +385,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     rows.sort(key=lambda r: (r["budget"], r["percent"], SAMPLERS.index(r["sampler"]), r["seed"]))
     sampling = max(c["sampling_s"] + c["decode_s"] for c in clocks)  # the slowest rank bounds the phase
     image_nfe = sum(c["image_nfe"] for c in clocks)
-    parameters = {k: v for k, v in vars(args).items() if k != "device"}
+    parameters = {k: v for k, v in vars(args).items() if k not in ("device", "allow_dirty")}
     parameters.update(guidance=sampler.guidance, labels="sample i: digit i % 10" if not args.unconditional else
                       "null class", noise="sample_generators(seed, [i]) per sample", real="MNIST held-out (1,000)")
     path = save_results(
-        args.out, parameters, rows=rows, floor=floors, model=args.model, commit=commit(),
+        args.out, parameters, rows=rows, floor=floors, model=args.model, commit=code["commit"],
+        modified_files=code["modified"],
         processes=dist.world, threads=torch.get_num_threads(), device=str(dist.device), machine=machine(dist.device),
         time={"wall_s": clocks[0]["wall_s"], "sampling_s": [c["sampling_s"] for c in clocks],
               "decode_s": [c["decode_s"] for c in clocks], "gather_s": [c["gather_s"] for c in clocks],

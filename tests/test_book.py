@@ -78,13 +78,49 @@ def test_pages_show_no_output_clutter(html):
     assert not found, found
 
 
+def page_text(page: Path) -> str:
+    """A page's HTML without its scripts, styles, code blocks and inline code: what the reader reads as prose."""
+    text = page.read_text()
+    for tag in ("script", "style", "pre", "code"):
+        text = re.sub(rf"<{tag}\b.*?</{tag}>", " ", text, flags=re.S)
+    return text
+
+
+def test_no_page_shows_raw_math(html):
+    """Every $$ ... $$ became an equation: a display formula glued into a paragraph stays raw text ("$$w(k) = ...")."""
+    raw = {str(p.relative_to(html)): re.findall(r".{0,40}\$\$.{0,40}", page_text(p)) for p in built_pages(html)}
+    raw = {k: v for k, v in raw.items() if v}
+    assert not raw, raw
+
+
+def test_no_page_shows_a_progress_bar(html):
+    """No tqdm bar reached a page: neither a text bar ("100%|####| 3/3") nor a notebook progress widget."""
+    found = {}
+    for page in built_pages(html):
+        text = page.read_text().replace("\\u2007", " ").replace("\u2007", " ")
+        hits = re.findall(r".{0,30}\d+%\|.{0,30}|ProgressModel|Loading weights", text)
+        if hits:
+            found[str(page.relative_to(html))] = hits[:3]
+    assert not found, found
+
+
+def test_result_tables_are_numbered_and_captioned(html):
+    """Result tables are HTML tables with a number and a caption ("Table 10.2 ..."), not print output."""
+    tables = 0
+    for page in built_pages(html):
+        for fig in re.findall(r'<figure class="[^"]*result-table[^"]*".*?</figure>', page.read_text(), flags=re.S):
+            assert "<table" in fig and re.search(r'class="caption-number">Table \d+\.\d+', fig), fig[:300]
+            tables += 1
+    assert tables >= 10
+
+
 def test_figures_and_exercises_are_numbered_per_chapter(html):
     """"Exercise 5.2", not "Exercise 18": the first number is the chapter's own, so no one confuses it with the paper's."""
     numbered = 0
     for page in built_pages(html):
         text = page.read_text()
         chapter = re.search(r'<h1>\s*<span class="section-number">(\d+)\.\s*</span>', text)
-        captions = re.findall(r'class="caption-number">\s*(?:Fig\.|Exercise|Lemma|Proposition)\s+([\d.]+)', text)
+        captions = re.findall(r'class="caption-number">\s*(?:Fig\.|Table|Exercise|Lemma|Proposition)\s+([\d.]+)', text)
         if not captions:
             continue
         assert chapter, f"{page.relative_to(html)} numbers {captions} but has no chapter number"
@@ -227,6 +263,53 @@ def test_equations_render_offline(html, browser):
     browser.get((html / "book" / "intro.html").as_uri())
     WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.querySelectorAll('mjx-container').length") > 0)
     assert not console_errors(browser)
+
+
+RESULT_TABLES = """
+return [...document.querySelectorAll('figure.result-table')].map(f => {
+  const box = f.querySelector('div.output') || f, table = f.querySelector('table');
+  return [f.id, table ? table.scrollWidth : 0, box.clientWidth];
+});
+"""
+
+
+def test_result_tables_fit_the_page_at_1280_px(html, browser):
+    """At 1280 px every result table shows all its columns (none hides behind a scrollbar)."""
+    browser.set_window_size(1280, 1000)
+    clipped = {}
+    for page in built_pages(html):
+        if "result-table" not in page.read_text():
+            continue
+        open_page(browser, page)
+        wide = [(i, w, box) for i, w, box in browser.execute_script(RESULT_TABLES) if w > box + 1]
+        if wide:
+            clipped[str(page.relative_to(html))] = wide
+    browser.set_window_size(1400, 1000)
+    assert not clipped, f"tables wider than their box at 1280 px (id, table px, box px): {clipped}"
+
+
+# Output images (figures, not slider frames): (src, shown width, natural width) as laid out now.
+FIGURE_SCALES = """
+return [...document.querySelectorAll('.bd-article .cell_output img, .bd-article figure img')]
+  .filter(i => !i.closest('.jupyter-widgets, .widget-stack') && i.naturalWidth > 0 && i.offsetParent !== null)
+  .map(i => [i.src.split('/').pop(), i.getBoundingClientRect().width, i.naturalWidth]);
+"""
+MIN_FIGURE_SCALE = 0.4  # 9 pt text at 150 dpi is 18.75 image pixels: at 40 % it is 7.5 CSS px, still legible
+
+
+def test_figure_labels_stay_legible_on_a_phone(html, phone):
+    """A wide figure is not shrunk to a phone's width until its labels are 3 px tall: it is shown at 40 % of its
+    size or more (and scrolls sideways in its own box)."""
+    tiny = {}
+    for page in built_pages(html):
+        if "/notebooks/" not in page.as_uri():
+            continue
+        open_page(phone, page)
+        small = [(src, round(shown), natural) for src, shown, natural in phone.execute_script(FIGURE_SCALES)
+                 if shown < MIN_FIGURE_SCALE * natural]
+        if small:
+            tiny[str(page.relative_to(html))] = small
+    assert not tiny, f"figures shown below {MIN_FIGURE_SCALE:.0%} of their size on a phone: {tiny}"
 
 
 def test_every_page_fits_a_phone_and_logs_no_error(html, phone):

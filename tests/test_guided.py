@@ -296,3 +296,6 @@ def test_guided_chapter_claims(tmp_path):
     dropped = p["n_candidates"] - len(session["final_classes"])
     assert n["saved"] == dropped * rest and n["image_nfe"] + n["saved"] == n["planned_image_nfe"]
     assert n["calls"] == p["total_nfe"]
+    # the session drops enough candidates to empty a micro-batch: the network evaluates fewer rows, not only fewer
+    # image-NFEs (the page's counter and cost table)
+    assert n["padded_rows"] < session["everyone_nfe"]["padded_rows"] == session["everyone_nfe"]["planned_image_nfe"]

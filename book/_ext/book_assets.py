@@ -6,12 +6,17 @@
 - Sets the theme's default colour mode, so that a first visit (empty localStorage) logs no error.
 - Makes element ids unique: sphinx-exercise and sphinx-proof give every exercise, solution and proof the same id.
 - Registers the pybtex style `author_year`, whose bibliography labels read as the text cites ("Efron, 2011").
-- Adds book.css: on a phone, long inline math and code wrap instead of widening the page.
+- Adds book.css: on a phone, long inline math and code wrap instead of widening the page; result tables scroll
+  sideways inside their own box.
+- Adds book-figures.js: on a phone, a wide figure is shown at 45 % of its size or more and scrolls in its own box.
+- Numbers result tables as tables: a `{glue:figure}` pasting a DataFrame with `:figclass: result-table` becomes a
+  `result_table` node, which Sphinx counts apart from figures ("Table 10.1") and `{numref}` cites as a table.
 """
 from collections import Counter
 from pathlib import Path
 
 from docutils import nodes
+from sphinx.transforms import SphinxTransform
 from pybtex.plugin import register_plugin
 from pybtex.richtext import Text
 from pybtex.style.formatting.unsrt import Style as UnsrtStyle
@@ -68,15 +73,44 @@ register_plugin("pybtex.style.labels", "author_year", AuthorYearLabels)
 register_plugin("pybtex.style.formatting", "author_year", AuthorYearStyle)
 
 
+class result_table(nodes.figure):
+    """A chapter's result table (a pasted DataFrame with a caption): numbered as "Table", rendered as a figure."""
+
+
+class ResultTables(SphinxTransform):
+    """Turn `{glue:figure}`s of class result-table into result_table nodes, before Sphinx numbers them."""
+
+    default_priority = 200
+
+    def apply(self, **kwargs):
+        for fig in list(self.document.findall(nodes.figure)):
+            if "result-table" in fig["classes"]:
+                table = result_table(fig.rawsource, *fig.children, **fig.attributes)
+                fig.replace_self(table)
+                for id_ in table["ids"]:  # labels ({numref}) look the node up by id
+                    self.document.ids[id_] = table
+
+
+def _visit_result_table(self, node):
+    self.visit_figure(node)
+
+
+def _depart_result_table(self, node):
+    self.depart_figure(node)
+
+
 def _static(app, config):
     config.html_static_path.append(str(Path(__file__).parent / "static"))
     config.html_context.setdefault("default_mode", "light")
 
 
 def setup(app):
+    app.add_enumerable_node(result_table, "table", html=(_visit_result_table, _depart_result_table))
+    app.add_transform(ResultTables)
     app.connect("config-inited", _static)
     app.connect("html-page-context", _dedupe, priority=900)
     app.connect("doctree-resolved", _unique_ids)
     app.add_js_file("mathjax-v2-shim.js", priority=900, defer="defer")  # after MathJax (priority 500 by default)
-    app.add_css_file("book.css", priority=900)  # after the theme's and the extensions' stylesheets
+    app.add_css_file("book.css", priority=900)
+    app.add_js_file("book-figures.js", priority=900, defer="defer")  # phones: wide figures scroll, labels stay legible  # after the theme's and the extensions' stylesheets
     return {"parallel_read_safe": True, "parallel_write_safe": True}
