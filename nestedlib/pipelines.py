@@ -321,15 +321,25 @@ class SchedulerSampler:
 
 
 def inner_from_scheduler(scheduler, network: Callable, steps: int | Sequence[int], *, t_end: int = 0,
-                         drop_end: bool = False, eta: float = 0.0):
+                         drop_end: bool = False, eta: float = 0.0, mu: float | None = None,
+                         spacing: str = "scheduler"):
     """Any diffusers scheduler as an inner process (an x0-sampler for Algorithm 2).
+
+    FlowMatchEulerDiscreteScheduler (SD3, Flux) is Euler on a flow path, `nestedlib.flow.euler` on its sigmas
+    (mu: the resolution-dependent shift where it shifts dynamically; spacing="flux": FluxPipeline's sigmas), with
+    fresh noise where the scheduler samples stochastically.
 
     diffusers' DDIMScheduler steps by a fixed stride from T, so it cannot start at an outer t; its update is
     written out in `nestedlib.transitions.DDIM` (tested step for step against DDIMScheduler) and used instead,
     with the scheduler's own betas and its abar at the clean end (`set_alpha_to_one`).
     """
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):  # written out in nestedlib.flow (tested against it)
+        from .flow import FlowSchedule, euler
+
+        return euler(network, FlowSchedule.from_diffusers(scheduler, mu=mu, spacing=spacing), steps,
+                     fresh=bool(scheduler.config.get("stochastic_sampling")))
     if isinstance(scheduler, DDIMScheduler):
         schedule = Schedule.from_diffusers(scheduler)
         clip = scheduler.config.clip_sample_range if scheduler.config.clip_sample else None
@@ -385,7 +395,14 @@ def _latent_decoder(vae, unpack: Callable[[torch.Tensor], torch.Tensor] | None =
     @torch.no_grad()
     def decode(z: torch.Tensor) -> torch.Tensor:
         z = unpack(z) if unpack is not None else z
-        return vae.decode(z.to(vae.dtype) / scale + shift).sample.clamp(-1, 1).float()
+        upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        if upcast:  # SDXL's VAE overflows in float16: its pipeline decodes in float32 (force_upcast), so do we
+            vae.to(torch.float32)
+        try:
+            return vae.decode(z.to(vae.dtype) / scale + shift).sample.clamp(-1, 1).float()
+        finally:
+            if upcast:
+                vae.to(torch.float16)
 
     return decode
 
@@ -614,9 +631,10 @@ def samplers(model: Model, outer: int, inner: int | Sequence[int], *, eta: float
 
     Flow pipelines: vanilla = Euler on the pipeline's sigmas; nested = outer FlowDDIM(eta = 0) steps on the same
     grid, each an inner Euler run from the outer sigma (`nestedlib.flow`), so 1 outer or 1 inner step is vanilla.
-    DDPM-path pipelines: vanilla = DDIM on the scheduler's own grid (its timestep_spacing, to its final abar);
+    DDPM-path pipelines: vanilla = DDIM on the scheduler's own grid (its timestep_spacing, to its final abar), for
+    a DDIMScheduler only (any other, e.g. SDXL's Euler, is not written out here: "vanilla" then refuses to run);
     nested = the book's outer DDIM over round(linspace(1, 999)) around inner DDIM(eta) runs (eta: the inner
-    stochasticity, default 0) with the scheduler's betas, clipping and final abar (`inner_from_scheduler`).
+    stochasticity, default 0) with the scheduler's betas and final abar (`inner_from_scheduler`).
     """
     outer = positive_int("outer", outer)
     counts = step_counts(inner)
@@ -626,17 +644,19 @@ def samplers(model: Model, outer: int, inner: int | Sequence[int], *, eta: float
 
         return {"vanilla": euler(model.network, model.schedule, total),
                 "nested": nested(euler(model.network, model.schedule, inner, eta=eta or 0.0), outer)}
+    from diffusers import DDIMScheduler
+
+    sched, net = model.schedule, model.network
     scheduler = model.pipeline.scheduler if model.pipeline is not None else None
-    if scheduler is None or type(scheduler).__name__ != "DDIMScheduler":
-        raise ValueError(f"{model.name}: samplers() follows the pipeline's DDIMScheduler; set pipe.scheduler = "
-                         "DDIMScheduler.from_config(pipe.scheduler.config), or build samplers with paper_samplers")
+    if not isinstance(scheduler, DDIMScheduler):  # e.g. SDXL's Euler: nestedlib's DDIM on the scheduler's betas
+        return {"vanilla": _NotThePipelines(model.name, type(scheduler).__name__),
+                "nested": nested(vanilla(net, sched, inner, transition="ddim", eta=eta or 0.0), outer)}
     if scheduler.config.clip_sample or scheduler.config.get("thresholding"):
         raise ValueError(f"{model.name}'s DDIMScheduler clips x̂_0 (clip_sample or thresholding) and then steps with the "
                          "network's own epsilon, not the one x̂_0 implies, which no transition of Eq. 1 does (and "
                          "clipping latents to [-1, 1] is not meant for latent models: StableDiffusionPipeline turns "
                          "it off itself); set pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, "
                          "clip_sample=False)")
-    sched, net = model.schedule, model.network
 
     def grid(steps: int, num_timesteps: int) -> list[int]:
         s = copy.deepcopy(scheduler)
@@ -645,3 +665,16 @@ def samplers(model: Model, outer: int, inner: int | Sequence[int], *, eta: float
 
     van = FixedGrid(NetworkMean(net, sched), DDIM(sched, 0.0, float(scheduler.final_alpha_cumprod)), total, grid)
     return {"vanilla": van, "nested": nested(inner_from_scheduler(scheduler, net, inner, eta=eta or 0.0), outer)}
+
+
+class _NotThePipelines:
+    """samplers()["vanilla"] for a pipeline whose scheduler nestedlib does not write out: refuses to run."""
+
+    def __init__(self, name: str, scheduler: str):
+        self.message = (f"{name}'s {scheduler} is not written out in nestedlib, so its vanilla sampler cannot be "
+                        "reproduced here (the nested one uses nestedlib's DDIM on the same betas); call the pipeline "
+                        "itself, or set pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, "
+                        "clip_sample=False)")
+
+    def __getattr__(self, attribute):
+        raise ValueError(self.__dict__["message"])
