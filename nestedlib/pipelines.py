@@ -95,6 +95,37 @@ def dit_model(pipe, class_labels: Sequence[int] | torch.Tensor, guidance_scale: 
     )
 
 
+def flow_dit_model(pipe, class_labels: Sequence[int] | torch.Tensor, guidance_scale: float = 1.5,
+                   name: str = "flow-dit", classes: int | None = None) -> Model:
+    """A class-conditional rectified-flow DiT (a DiTPipeline folder with FlowMatchEulerDiscreteScheduler, as the
+    bundled mnist-flow): velocity out, guided on every channel, the timestep sigma T (as SD3 takes it)."""
+    from .flow import FlowSchedule
+
+    transformer, vae = pipe.transformer, pipe.vae
+    device, dtype = transformer.device, transformer.dtype
+    labels = torch.as_tensor(class_labels, dtype=torch.long, device=device).reshape(-1)
+    null_class = int(transformer.config.num_embeds_ada_norm)
+    classes = null_class if classes is None else int(classes)
+    ok = (labels >= 0) & (labels < classes) | ((labels == null_class) & (guidance_scale == 1.0))
+    if labels.numel() == 0 or not bool(ok.all()):
+        raise ValueError(f"{name} was trained on classes 0-{classes - 1} and the null class {null_class}: class "
+                         f"labels must lie in [0, {classes - 1}] (the null class only with guidance_scale=1), got "
+                         f"{labels.tolist()}")
+
+    def fn(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return transformer(x.to(dtype), timestep=_sigma_timesteps(t), class_labels=cond).sample.to(x.dtype)
+
+    c, size = transformer.config.in_channels, transformer.config.sample_size
+    network = Network(fn, cond=labels, null_cond=torch.full_like(labels, null_class), guidance_scale=guidance_scale,
+                      image_shape=(c, size, size))
+    return Model(name, "dit", network, FlowSchedule.from_diffusers(pipe.scheduler), (len(labels), c, size, size),
+                 _vae_decoder(vae), device=device, dtype=dtype, classes=classes, pipeline=pipe, prediction="flow")
+
+
+def _is_flow(pipe) -> bool:
+    return type(getattr(pipe, "scheduler", None)).__name__ == "FlowMatchEulerDiscreteScheduler"
+
+
 def sd_model(pipe, prompts: Sequence[str] | str, guidance_scale: float = 7.5, name: str = "sd",
              negative_prompt: str = "", preset: str | Preset = "book") -> Model:
     """A diffusers StableDiffusionPipeline: text-conditioned; the empty prompt is the unconditional branch.
@@ -162,6 +193,8 @@ def _adapt_dit(pipe, entry: ModelInfo, cond, scale: float, batch_size, preset: P
         raise ValueError(f"{entry.name}'s registry entry says null class {entry.null_class}, its network has "
                          f"{pipe.transformer.config.num_embeds_ada_norm}; fix the entry in nestedlib/models.py")
     labels = list(range(min(10, entry.classes))) if cond is None else cond
+    if _is_flow(pipe):  # a rectified-flow DiT (mnist-flow)
+        return flow_dit_model(pipe, labels, scale, entry.name, classes=entry.classes)
     return dit_model(pipe, labels, scale, entry.name, preset, classes=entry.classes)
 
 
@@ -247,6 +280,15 @@ def paper_samplers(model: Model, total_nfe: int, outer: int | None = None,
     (theirs: guidance off).
     """
     net, sched, preset = model.network, model.schedule, preset_of(model.preset)
+    if model.prediction == "flow":  # the same split on a flow path: Euler inside, FlowDDIM outside (nestedlib.flow)
+        from .flow import euler
+
+        outer = outer or (len(inner_steps) if inner_steps is not None else 5)
+        if inner_steps is not None and sum(inner_steps) != total_nfe:
+            raise ValueError(f"inner_steps {list(inner_steps)} spend {sum(inner_steps)} NFEs; they must sum to "
+                             f"total_nfe={total_nfe}")
+        inner = euler(net, sched, list(inner_steps) if inner_steps is not None else split_budget(total_nfe, outer))
+        return {"vanilla": euler(net, sched, total_nfe), "nested": nested(inner, outer)}
     if inner_steps is not None:
         inner_steps = [int(k) for k in inner_steps]
         if sum(inner_steps) != total_nfe or (outer is not None and outer != len(inner_steps)):
@@ -593,6 +635,8 @@ def _wrap_dit(pipe, cond, scale, negative_prompt, height, width, name, preset) -
     """DiT: class labels (`dit_model`); nestedlib's DDIM steps need the pipeline's DDIMScheduler for `samplers`."""
     if cond is None:
         raise ValueError(f"{name} is class-conditional: pass cond=[label, ...] (one per sample)")
+    if _is_flow(pipe):
+        return flow_dit_model(pipe, cond, _cfg(scale), name)
     model = dit_model(pipe, cond, _cfg(scale), name, preset)
     model.pipeline = pipe
     return model
