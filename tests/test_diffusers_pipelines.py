@@ -205,3 +205,34 @@ def test_the_registry_holds_the_hub_pipelines_facts(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(models.HubOfflineError, match="No bundled model stands in for it.*unset HF_HUB_OFFLINE"):
         prepare("black-forest-labs/FLUX.1-dev", cond=["a cat"])
+
+
+def test_a_dit_folder_with_a_flow_scheduler_is_a_class_conditional_flow_model():
+    """The bundled mnist-flow's layout on tiny components: a DiTPipeline whose scheduler is
+    FlowMatchEulerDiscreteScheduler. Vanilla through nestedlib equals the scheduler's own Euler loop around the same
+    guided velocity (float64; error model of test_vanilla_is_the_pipelines_own_output_float64), nested with one
+    outer step is vanilla, and labels it was not trained on are refused."""
+    pipe = tiny.dit()
+    pipe.transformer = tiny.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                                  out_channels=4, num_layers=1, sample_size=8, patch_size=2,
+                                                  num_embeds_ada_norm=1000, norm_num_groups=4).eval()
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler()
+    pipe = pipe.to(torch.float64)
+    model = prepare(pipe, cond=[1, 7], guidance_scale=3.0)
+    assert model.prediction == "flow" and model.network.guidance_scale == 3.0
+    x_T = model.noise(torch.Generator().manual_seed(7))
+    ours = run(samplers(model, 2, 3)["vanilla"], x_T).x0
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    scheduler.set_timesteps(6)
+    x, labels = x_T.clone(), torch.tensor([1, 7, 1000, 1000])
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            out = pipe.transformer(torch.cat([x, x]), timestep=t.expand(4), class_labels=labels).sample
+            v_c, v_u = out.chunk(2)
+            x = scheduler.step(v_u + 3.0 * (v_c - v_u), t, x).prev_sample
+    assert (ours - x).abs().max().item() <= STEPS * 1.2e-7 * x.abs().max().item()
+    assert torch.equal(run(samplers(model, 1, 6)["nested"], x_T).x0, ours)
+    with pytest.raises(ValueError, match=r"class labels must lie in \[0, 9\]"):
+        from nestedlib.pipelines import flow_dit_model
+
+        flow_dit_model(pipe, [12], classes=10)
