@@ -1,5 +1,5 @@
-"""Benchmark: nested and vanilla sampling through the bundled DiT and text model, against the bare network calls and
-against diffusers' own pipeline at equal NFE, with peak memory. Prints figures; asserts nothing.
+"""Benchmark: nested and vanilla sampling through the bundled DiT, text and rectified-flow models, against the bare
+network calls and against diffusers' own sampler at equal NFE, with peak memory. Prints figures; asserts nothing.
 
 Each case runs in a fresh process (so peak memory is its own), called the way a user calls the public API: outside
 any `torch.no_grad()`. The cases alternate (A B C D A B C D ...) so that load drift hits all of them alike.
@@ -7,8 +7,10 @@ any `torch.no_grad()`. The cases alternate (A B C D A B C D ...) so that load dr
 - bare:     the network's forward passes alone, as many as the run makes (guided: one batched call per NFE);
 - vanilla:  `run(paper_samplers(model, nfe)["vanilla"], ...)` (DiT: DDPM with learned variance; text: DDIM);
 - nested:   `run(paper_samplers(model, nfe)["nested"], ...)` (DiT: 5 outer x nfe/5 inner; text: 25 x nfe/25);
-- diffusers: `DiTPipeline(...)` / `StableDiffusionPipeline(..., output_type="latent")` with nfe steps.
-DiT cases all end with one VAE decode of the batch (DiTPipeline always decodes); text cases decode nothing.
+- diffusers: `DiTPipeline(...)` / `StableDiffusionPipeline(..., output_type="latent")` with nfe steps; for the flow
+  DiT (DiTPipeline calls scale_model_input, which FlowMatchEulerDiscreteScheduler lacks) DiTPipeline's own loop
+  written out around FlowMatchEulerDiscreteScheduler.step (vanilla: Euler; nested: 5 outer x nfe/5 inner Euler).
+DiT and flow cases all end with one VAE decode of the batch (DiTPipeline always decodes); text cases decode nothing.
 Targets (issue "Sampling records autograd graphs"): time <= 1.02 x bare and <= 1.02 x diffusers; peak memory
 <= 1.2 x diffusers.
 
@@ -26,7 +28,8 @@ import subprocess
 import sys
 import time
 
-SETTINGS = {"dit": dict(name="mnist-dit", batch=64, nfe=100), "sd": dict(name="mnist-sd", batch=16, nfe=100)}
+SETTINGS = {"dit": dict(name="mnist-dit", batch=64, nfe=100), "sd": dict(name="mnist-sd", batch=16, nfe=100),
+            "flow": dict(name="mnist-flow", batch=64, nfe=100)}
 CASES = ("bare", "vanilla", "nested", "diffusers")
 
 
@@ -41,7 +44,7 @@ def one_case(model_key: str, case: str, threads: int) -> dict:
     import torch
 
     from nestedlib import models, prompts, run
-    from nestedlib.pipelines import dit_model, paper_samplers, sd_model
+    from nestedlib.pipelines import dit_model, flow_dit_model, paper_samplers, sd_model
 
     torch.set_num_threads(threads)
     cfg = SETTINGS[model_key]
@@ -50,6 +53,9 @@ def one_case(model_key: str, case: str, threads: int) -> dict:
     if model_key == "dit":
         cond = [i % 10 for i in range(n)]
         model, module = dit_model(pipe, cond, scale), pipe.transformer
+    elif model_key == "flow":
+        cond = [i % 10 for i in range(n)]
+        model, module = flow_dit_model(pipe, cond, scale, classes=10), pipe.transformer
     else:
         cond = [prompts.prompts_for(i % 10)[0] for i in range(n)]
         model, module = sd_model(pipe, cond, scale), pipe.unet
@@ -60,16 +66,33 @@ def one_case(model_key: str, case: str, threads: int) -> dict:
 
         def go():  # the public API, outside any no_grad
             x0 = run(sampler, model.noise(g()), generator=g()).x0
-            return model.decode(x0) if model_key == "dit" else x0
+            return model.decode(x0) if model_key in ("dit", "flow") else x0
     elif case == "bare":
         net, x = model.network, model.noise(g())
-        both, tt, conds = torch.cat([x, x]), torch.full((2 * n,), 500, dtype=torch.long), torch.cat([net.cond, net.null_cond])
+        tt = (torch.full((2 * n,), 0.5, dtype=torch.float64) if model_key == "flow"
+              else torch.full((2 * n,), 500, dtype=torch.long))
+        both, conds = torch.cat([x, x]), torch.cat([net.cond, net.null_cond])
 
         def go():
             with torch.no_grad():  # the floor: nothing but the forward passes, one guided batch per NFE
                 for _ in range(nfe):
                     out = net.fn(both, tt, conds)
-                return model.decode(out[:n, :4]) if model_key == "dit" else out
+                return model.decode(out[:n, :4]) if model_key in ("dit", "flow") else out
+    elif model_key == "flow":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        labels = torch.tensor(cond + [1000] * n)
+
+        def go():  # DiTPipeline's loop on FlowMatchEulerDiscreteScheduler (its own step), guided on every channel
+            with torch.no_grad():
+                scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+                scheduler.set_timesteps(nfe)
+                x = torch.randn(model.shape, generator=g())
+                for t in scheduler.timesteps:
+                    out = pipe.transformer(torch.cat([x, x]), timestep=t.expand(2 * n), class_labels=labels).sample
+                    v_c, v_u = out.chunk(2)
+                    x = scheduler.step(v_u + scale * (v_c - v_u), t, x).prev_sample
+                return model.decode(x)
     else:
         pipe.set_progress_bar_config(disable=True)
 

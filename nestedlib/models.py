@@ -34,7 +34,8 @@ from .errors import CorruptWeightsError, HubOfflineError, ModelError, UnknownMod
 from .weights import (DATA_ROOT, SUMS_FILE, file_sha256, load_classifier, load_ddpm_pipeline,  # noqa: F401
                       load_dit_pipeline, load_preview_decoders, load_sd_pipeline, load_vae, verify_checksums)
 
-FAMILIES = ("dit", "sd", "pixel")  # how nestedlib.pipelines.prepare wraps a sampler: see its ADAPTERS
+FAMILIES = ("dit", "sd", "pixel", "pipeline")  # how nestedlib.pipelines.prepare wraps a sampler: see its ADAPTERS;
+# "pipeline": by the loaded diffusers pipeline's class (nestedlib.pipelines.PIPELINES: SDXL, PixArt, SD3, Flux)
 PRESETS = ("book", "paper")  # nestedlib.presets.PRESETS: this book's defaults, the authors' exact settings
 
 
@@ -74,6 +75,18 @@ class ModelInfo:
 
 
 _SAMPLER = dict(presets=PRESETS)
+_PIPELINE = dict(family="pipeline", presets=("book",))  # the paper preset is the authors' DiT and SD 1.5 code
+
+
+def load_pipeline(name: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """Any diffusers pipeline from the hub (DiffusionPipeline picks its class from the model's model_index.json)."""
+    from diffusers import DiffusionPipeline
+
+    if dtype is None and str(device).startswith("cuda"):
+        dtype = torch.bfloat16  # these checkpoints are trained and served in half precision (Flux-dev: 24 GB)
+    kwargs = {} if dtype is None else {"torch_dtype": dtype}
+    return DiffusionPipeline.from_pretrained(name, **kwargs).to(device)
+
 _MNIST_LATENTS = dict(latents="mnist-vae", preview_decoders="mnist-tiny-decoder", judge="mnist-classifier")
 
 REGISTRY: dict[str, ModelInfo] = {
@@ -84,6 +97,9 @@ REGISTRY: dict[str, ModelInfo] = {
                   **_MNIST_LATENTS, **_SAMPLER),
         ModelInfo("mnist-sd", "bundled", "text-conditioned latent UNet on MNIST (Stable Diffusion 1.5 stand-in)",
                   load_sd_pipeline, family="sd", key="sd", guidance=4.0, **_MNIST_LATENTS, **_SAMPLER),
+        ModelInfo("mnist-flow", "bundled", "class-conditional rectified-flow latent DiT on MNIST (SD3/Flux stand-in)",
+                  load_dit_pipeline, family="dit", key="flow", guidance=1.5, classes=10, null_class=1000,
+                  **_MNIST_LATENTS, presets=("book",)),
         ModelInfo("digits8", "bundled", "8x8 pixel epsilon model on scikit-learn digits", load_ddpm_pipeline,
                   family="pixel", key="digits8", **_SAMPLER),
         ModelInfo("mnist-pixel", "bundled", "32x32 pixel epsilon model on MNIST (inverse problems)",
@@ -101,6 +117,20 @@ REGISTRY: dict[str, ModelInfo] = {
         ModelInfo("stable-diffusion-v1-5/stable-diffusion-v1-5", "hub", "Stable Diffusion 1.5 (the paper's text model)",
                   load_sd_pipeline, family="sd", stand_in="mnist-sd", guidance=7.5,
                   latents="stable-diffusion-v1-5/vae", **_SAMPLER),
+        ModelInfo("stabilityai/stable-diffusion-xl-base-1.0", "hub", "SDXL 1.0 base: eps UNet, two text encoders, "
+                  "size and crop conditioning", load_pipeline, guidance=5.0, latents="stabilityai/sdxl-vae",
+                  **_PIPELINE),
+        ModelInfo("PixArt-alpha/PixArt-XL-2-1024-MS", "hub", "PixArt-alpha 1024: T5-conditioned DiT, eps with "
+                  "learned sigma", load_pipeline, guidance=4.5, latents="stabilityai/sd-vae-ft-ema", **_PIPELINE),
+        ModelInfo("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "hub", "PixArt-Sigma 1024: T5-conditioned DiT, eps with "
+                  "learned sigma, SDXL's VAE", load_pipeline, guidance=4.5, latents="stabilityai/sdxl-vae",
+                  **_PIPELINE),
+        ModelInfo("stabilityai/stable-diffusion-3-medium-diffusers", "hub", "Stable Diffusion 3 medium: rectified "
+                  "flow MMDiT, shift 3, guided on the velocity", load_pipeline, guidance=7.0,
+                  latents="stabilityai/sd3-vae", **_PIPELINE),
+        ModelInfo("black-forest-labs/FLUX.1-dev", "hub", "FLUX.1 [dev]: guidance-distilled rectified flow, guidance "
+                  "as a network input, resolution-dependent shift", load_pipeline, guidance=3.5,
+                  latents="black-forest-labs/flux-vae", **_PIPELINE),
     ]
 }
 
@@ -136,10 +166,13 @@ def model_dir(name: str, root: str | os.PathLike | None = None) -> Path:
 def _hub_error(name: str, err: Exception | None) -> HubOfflineError:
     """The error of a hub model requested offline: says so and names the bundled stand-in."""
     why = f" ({type(err).__name__}: {err})" if err is not None else " (HF_HUB_OFFLINE is set)"
+    stand_in = info(name).stand_in
+    instead = (f"Use the bundled stand-in model={stand_in!r} (runs offline on a CPU), " if stand_in else
+               "No bundled model stands in for it (tests/tiny_pipelines.py builds tiny random components of its "
+               "pipeline class); ")
     return HubOfflineError(
         f"{name!r} is a Hugging Face hub model and the hub cannot be reached: offline{why}. "
-        f"Use the bundled stand-in model={info(name).stand_in!r} (runs offline on a CPU), "
-        f"or connect to the internet (a GPU is advised) and unset HF_HUB_OFFLINE."
+        f"{instead}or connect to the internet (a GPU is advised) and unset HF_HUB_OFFLINE."
     )
 
 

@@ -114,7 +114,10 @@ class Network:
                 raise ValueError(f"{name} has batch size {c.shape[0]} but x has {x.shape[0]}; give one condition "
                                  "per sample")
         count_nfe()
-        tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+        if isinstance(t, float):  # a continuous time (flow matching's sigma, `nestedlib.flow`), in float64
+            tt = torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)
+        else:  # a training timestep of a discrete schedule
+            tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
         s = self.guidance_scale
         if torch.is_tensor(s):
             if s.shape[0] != x.shape[0]:
@@ -360,7 +363,9 @@ def run(process: Diffusion, x_T: torch.Tensor, *, generator: torch.Generator | N
     if not torch.is_tensor(x_T) or not x_T.is_floating_point():
         raise TypeError("x_T must be a floating-point tensor of noise, shaped (batch, channels, ...)")
     check_noise(process, x_T)
-    t_start = process.schedule.num_timesteps - 1 if t_start is None else t_start
+    if t_start is None:  # x_T: the top of the schedule (t = T - 1; sigma = 1 on a flow path, `FlowSchedule.start`)
+        t_start = getattr(process.schedule, "start", None)
+        t_start = process.schedule.num_timesteps - 1 if t_start is None else t_start
     cumulative, total = [], 0
     for j, t in enumerate(process.grid(t_start)):
         total += process.x0_sampler.nfe(t, j)
@@ -466,9 +471,14 @@ def nested(inner: X0Sampler, outer: int, *, eta: float = 0.0, spacing: str = "li
     their SD script, or space_timesteps over [0, T-1] as in their DiT script. The inner process (e.g.
     `vanilla(network, schedule, 20, transition="ddpm")`) starts exactly at each outer t and runs to the clean end;
     it alone calls the network, so guidance and any learned variance live in it: the outer step needs only x̂_0.
+    On a flow path (a `nestedlib.flow.FlowSchedule`) the schedule builds the outer process: FlowDDIM(eta) steps on
+    its own sigma grid.
     """
     steps = getattr(inner, "steps", None)
     if isinstance(steps, (list, tuple)) and len(steps) != outer:
         raise ValueError(f"give one inner step count per outer step: {outer} outer steps, {len(steps)} counts")
-    return Diffusion(inner, DDIM(schedule or inner.schedule, eta), outer, t_end=OUTER_T_END[spacing], drop_end=True,
+    schedule = schedule or inner.schedule
+    if hasattr(schedule, "outer_process"):  # a path with grids and a transition of its own (`nestedlib.flow`)
+        return schedule.outer_process(inner, outer, eta)
+    return Diffusion(inner, DDIM(schedule, eta), outer, t_end=OUTER_T_END[spacing], drop_end=True,
                      spacing=spacing)

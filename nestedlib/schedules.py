@@ -144,15 +144,18 @@ def process_grid(steps: int | Sequence[int], t_start: int, index: int = 0, *, t_
                  drop_end: bool = False, spacing: str = "linspace") -> list[int]:
     """The grid of a process of `steps` steps (or steps[index], one count per step of an enclosing process) that
     starts at t_start as step `index` of its enclosing process (`timesteps`)."""
+    return timesteps(t_start, step_count(steps, index), t_end=t_end, drop_end=drop_end, spacing=spacing)
+
+
+def step_count(steps: int | Sequence[int], index: int = 0) -> int:
+    """The step count of a process run as step `index` of its enclosing process: `steps` itself, or steps[index]."""
     counts = step_counts(steps)
     if len(counts) == 1 and not isinstance(steps, Sequence):
-        k = counts[0]
-    elif index < len(counts):
-        k = counts[index]
-    else:
-        raise ValueError(f"{len(counts)} step counts were given, but the enclosing process has a step "
-                         f"{index}; give one count per step of the enclosing process")
-    return timesteps(t_start, k, t_end=t_end, drop_end=drop_end, spacing=spacing)
+        return counts[0]
+    if index < len(counts):
+        return counts[index]
+    raise ValueError(f"{len(counts)} step counts were given, but the enclosing process has a step "
+                     f"{index}; give one count per step of the enclosing process")
 
 
 OUTER_T_END = {"linspace": 1, "space_timesteps": 0}  # where the authors' outer grids start: SD script 1, DiT script 0

@@ -83,13 +83,14 @@ def build_vae(tiny: bool = False):
     )
 
 
-def build_dit(tiny: bool = False):
-    """diffusers DiTTransformer2DModel on 4x8x8 latents predicting [eps_theta, v] (DiT's learn_sigma)."""
+def build_dit(tiny: bool = False, out_channels: int = 8):
+    """diffusers DiTTransformer2DModel on 4x8x8 latents predicting [eps_theta, v] (DiT's learn_sigma), or with
+    out_channels=4 the velocity of a rectified flow (mnist-flow)."""
     from diffusers import DiTTransformer2DModel
 
     model = DiTTransformer2DModel(
         num_attention_heads=2 if tiny else 4, attention_head_dim=8 if tiny else 32,
-        in_channels=4, out_channels=8,  # 8 = 4 noise channels + 4 variance-interpolation channels (v)
+        in_channels=4, out_channels=out_channels,  # 8 = 4 noise channels + 4 variance-interpolation channels (v)
         num_layers=1 if tiny else 6, sample_size=8, patch_size=2,
         num_embeds_ada_norm=DIT_NULL_CLASS,  # labels 0..999 (we use 0..9); row 1000 = null class for CFG
     )

@@ -3,6 +3,7 @@
     python scripts/train.py classifier   # evaluation classifier  -> data/mnist-classifier
     python scripts/train.py vae          # latent autoencoder     -> data/mnist-vae     (needs classifier for its card)
     python scripts/train.py dit          # class-conditional DiT  -> data/mnist-dit     (needs mnist-vae)
+    python scripts/train.py flow         # rectified-flow DiT     -> data/mnist-flow    (needs mnist-vae)
     python scripts/train.py sd           # text-conditioned UNet  -> data/mnist-sd      (needs mnist-vae)
     python scripts/train.py digits8      # 8x8 pixel model        -> data/digits8
     python scripts/train.py pixel --device cuda   # 32x32 pixel model -> data/mnist-pixel (GPU: 8 minutes on an H100)
@@ -49,6 +50,7 @@ SETTINGS: dict[str, dict] = {
     "classifier": dict(steps=700, lr=1e-3, warmup=100, weight_decay=1e-4, grad_clip=1.0, batch=128, seed=0),
     "vae": dict(steps=1100, lr=1e-3, warmup=100, grad_clip=1.0, batch=64, seed=0),
     "dit": dict(steps=5000, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.998, batch=128, seed=0, eval_every=1000),
+    "flow": dict(steps=5000, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.998, batch=128, seed=0, eval_every=1000),
     "sd": dict(steps=3001, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.998, batch=128, seed=0, eval_every=1000),
     "digits8": dict(steps=1500, lr=2e-3, warmup=100, grad_clip=1.0, ema_decay=0.995, batch=128, seed=0),
     "pixel": dict(steps=20000, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.999, batch=128, seed=0),
@@ -144,6 +146,35 @@ def train_dit(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bo
 
     track = accuracy_tracker(sample, classifier, "DDIM-50 guidance 3") if classifier is not None else None
     return T.fit(net, step, cfg, ckpt, resume, evaluate=track, desc="dit")
+
+
+def flow_pipeline(transformer, vae):
+    """A DiTPipeline folder layout around a rectified-flow DiT, with FlowMatchEulerDiscreteScheduler (shift 1)."""
+    from diffusers import DiTPipeline, FlowMatchEulerDiscreteScheduler
+
+    return DiTPipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler())
+
+
+def train_flow(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False, vae=None,
+               classifier=None):
+    """Class-conditional rectified-flow DiT on the same normalised 4x8x8 latents as mnist-dit (velocity output)."""
+    from nestedlib import run
+    from nestedlib.pipelines import flow_dit_model, samplers
+
+    vae = vae or models.load("mnist-vae")
+    mu, std, y = latent_training_set(vae)
+    net = B.build_dit(tiny, out_channels=4)
+
+    def step(model, g):
+        z0, idx = latent_batch(mu, std, batch, g)
+        return T.flow_step_loss(model, z0, y[idx], g, B.DIT_NULL_CLASS, P_DROP)
+
+    def sample(model, labels, g):  # Euler-25 at guidance 3 through nestedlib.pipelines.flow_dit_model
+        m = flow_dit_model(flow_pipeline(model, vae), labels, 3.0, classes=10)
+        return m.decode(run(samplers(m, 1, 25)["vanilla"], m.noise(g)).x0)
+
+    track = accuracy_tracker(sample, classifier, "Euler-25 guidance 3") if classifier is not None else None
+    return T.fit(net, step, cfg, ckpt, resume, evaluate=track, desc="flow")
 
 
 class TextDiffusion(torch.nn.Module):
@@ -278,6 +309,8 @@ def save(model_key: str, trained, out: Path, extra=None) -> Path:
     elif model_key == "dit":
         sched = DDIMScheduler(**B.ddpm_scheduler_config())
         DiTPipeline(transformer=half(trained), vae=extra, scheduler=sched).save_pretrained(folder)
+    elif model_key == "flow":
+        flow_pipeline(half(trained), extra).save_pretrained(folder)
     elif model_key == "sd":
         unet, text, tok, vae = half(trained.unet), half(trained.text_encoder), extra[0], extra[1]
         sched = DDIMScheduler(**B.sd_scheduler_config())
@@ -310,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     key, name = args.model.key, args.model.name
     cfg, batch = config_of(key, args)
     ckpt = args.runs / name / "checkpoint.pt"
-    clf = None if args.no_track or key not in ("dit", "sd") else models.load("mnist-classifier")
+    clf = None if args.no_track or key not in ("dit", "sd", "flow") else models.load("mnist-classifier")
     extra = None
     t0 = time.time()
     if key == "classifier":
@@ -320,6 +353,10 @@ def main(argv: list[str] | None = None) -> None:
     elif key == "dit":
         vae = models.load("mnist-vae")
         trained, state = train_dit(cfg, batch, ckpt, args.resume, vae=vae, classifier=clf)
+        extra = vae
+    elif key == "flow":
+        vae = models.load("mnist-vae")
+        trained, state = train_flow(cfg, batch, ckpt, args.resume, vae=vae, classifier=clf)
         extra = vae
     elif key == "sd":
         vae = models.load("mnist-vae")

@@ -152,6 +152,18 @@ def dit_step_loss(model: nn.Module, schedule: Schedule, z0: torch.Tensor, y: tor
     return hybrid_loss(schedule, out, z0, zt, t, eps, lam)
 
 
+def flow_step_loss(model: nn.Module, z0: torch.Tensor, y: torch.Tensor, g: torch.Generator, null_label: int,
+                   p_drop: float = 0.1) -> torch.Tensor:
+    """Rectified-flow step: sigma ~ U(0, 1), z_sigma = (1 - sigma) z_0 + sigma eps, |v_theta - (eps - z_0)|^2
+    (Liu et al. 2023; Esser et al. 2024, eq. 3), the network's timestep sigma T as in SD3."""
+    y = drop_labels(y, null_label, p_drop, g)
+    sigma = torch.rand(len(z0), generator=g)
+    eps = torch.randn(z0.shape, generator=g)
+    s = sigma.view(-1, *(1,) * (z0.dim() - 1))
+    z = (1 - s) * z0 + s * eps
+    return F.mse_loss(model(z, timestep=sigma * 1000, class_labels=y).sample, eps - z0)
+
+
 def eps_step_loss(model: nn.Module, schedule: Schedule, x0: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Unconditional epsilon-prediction step with L_simple (Ho et al. 2020, Algorithm 1)."""
     t, eps = draw_t_eps(schedule, x0, g)
