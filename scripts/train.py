@@ -18,7 +18,7 @@ A model is named by its key (above) or its registry name (`python scripts/train.
 nestedlib.models.REGISTRY. Losses and the training loop are in scripts/training.py, architectures and the writing of
 data/<name>/ in scripts/bundles.py.
 
-Options: --minutes M stops after M wall-clock minutes (a checkpoint is kept in runs/<name>/ and
+Options: --batch B overrides the batch size; --minutes M stops after M wall-clock minutes (a checkpoint is kept in runs/<name>/ and
 `--resume` continues it; the weights are saved to data/ only when all steps are done, or with
 --save-partial), --steps N overrides the number of steps, --seed S, --out DIR (default data/).
 `touch runs/<name>/STOP` ends a running job cleanly (checkpoint written). On a CPU shared with other
@@ -86,6 +86,8 @@ def config_of(model: str, args: argparse.Namespace) -> tuple[T.TrainConfig, int]
     """TrainConfig and batch size of a model, with command-line overrides."""
     s = dict(SETTINGS[model])
     batch = s.pop("batch")
+    if getattr(args, "batch", None):
+        batch = args.batch
     if args.steps:
         s["steps"] = args.steps
     if args.seed is not None:
@@ -268,7 +270,7 @@ def train_emoji_classifier(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: b
     """The emoji judge on the training emoji (held-out emoji untouched): cross-entropy, random mirror and shifts of up
     to 2 px on white."""
     x, y = data.emoji("train")
-    net = B.build_emoji_classifier(tiny)
+    net = seeded(B.build_emoji_classifier, cfg.seed, tiny)
 
     def step(model, g):
         idx = T.batches(len(x), batch, g)
@@ -282,7 +284,7 @@ def train_emoji_vae(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, ti
     """Emoji autoencoder (L1 + 1e-4 KL) on the training emoji with their skin-tone variants, randomly mirrored; then
     folds the per-channel normalisation of the base training latents in (as mnist-vae)."""
     x, _ = data.emoji("train", skin_tones=True)  # 5,696 pictures: appearance only, so the variants help
-    vae = B.build_emoji_vae(tiny).to(device)
+    vae = seeded(B.build_emoji_vae, cfg.seed, tiny).to(device)
 
     def step(model, g):
         xb = T.random_flip(x[T.batches(len(x), batch, g)], g)
@@ -304,7 +306,7 @@ def train_emoji_dit(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, ti
     x, y = data.emoji("train")
     mu, std = B.encode_split(vae, x)
     schedule = Schedule.linear()  # DiT's chain: B.ddpm_scheduler_config(), saved with the pipeline
-    net = B.build_emoji_dit(tiny).to(device)
+    net = seeded(B.build_emoji_dit, cfg.seed, tiny).to(device)
 
     def step(model, g):
         z0, idx = latent_batch(mu, std, batch, g)
@@ -318,6 +320,13 @@ def train_emoji_dit(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, ti
              if classifier is not None else None)
     model, state = T.fit(net, step, cfg, ckpt, resume, evaluate=track, desc="emoji-dit")
     return model.to("cpu"), state
+
+
+def seeded(build, seed: int, tiny: bool):
+    """build(tiny) with initial weights from the run's seed; the global RNG is left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build(tiny)
 
 
 def half(model: torch.nn.Module) -> torch.nn.Module:
@@ -345,14 +354,15 @@ def save(model_key: str, trained, out: Path, extra=None) -> Path:
         B.save_classifier(trained, folder)
     elif model_key in ("vae", "emoji-vae"):
         vae, (mean, std) = trained
-        vae.save_pretrained(folder)
+        (half(vae) if model_key == "emoji-vae" else vae).save_pretrained(folder)  # emoji-vae: 3.5M parameters
         (folder / B.LATENT_STATS_FILE).write_text(json.dumps(
             {"latent_mean": mean.tolist(), "latent_std": std.tolist(),
              "note": "per-channel stats of the training latents mu(x); folded into quant_conv/post_quant_conv"},
             indent=1) + "\n")
     elif model_key in ("dit", "emoji-dit"):
         sched = DDIMScheduler(**B.ddpm_scheduler_config())
-        DiTPipeline(transformer=half(trained), vae=extra, scheduler=sched).save_pretrained(folder)
+        vae = half(extra) if model_key == "emoji-dit" else extra  # as emoji-vae ships
+        DiTPipeline(transformer=half(trained), vae=vae, scheduler=sched).save_pretrained(folder)
     elif model_key == "sd":
         unet, text, tok, vae = half(trained.unet), half(trained.text_encoder), extra[0], extra[1]
         sched = DDIMScheduler(**B.sd_scheduler_config())
@@ -372,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this call")
     ap.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default: the shipped one; a GPU affords more)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "data")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs")
@@ -428,6 +439,8 @@ def main(argv: list[str] | None = None) -> None:
         command += f" --steps {state.step}"
     if cfg.seed != SETTINGS[key]["seed"]:
         command += f" --seed {cfg.seed}"
+    if batch != SETTINGS[key]["batch"]:
+        command += f" --batch {batch}"
     if key in DEVICE_KEYS and args.device != "cpu":
         command += f" --device {args.device}"
     record = {"model": name, "command": command, "steps": state.step,
