@@ -34,6 +34,9 @@ export PYTHONUNBUFFERED=1 NESTEDLIB_THREADS=${NESTEDLIB_THREADS:-8}
   python3 scripts/train.py emoji-dit --device cuda --batch "$DIT_BATCH" --steps "$DIT_STEPS" --minutes "$DIT_MIN" \
     --save-partial --threads "$NESTEDLIB_THREADS"
   python3 scripts/evaluate.py emoji-dit --device cuda
+  # one process feeding the GPU: the sweep's micro-batch against the bare network, noise row by row and drawn ahead
+  python3 scripts/sweep_throughput.py --model mnist-dit --device cuda --batch 250 1000 --budget 100
+  python3 scripts/sweep_throughput.py --model emoji-dit --device cuda --batch 1000 --budget 100
 } 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | tee "$out/log"
 for m in emoji-vae emoji-dit; do  # files come back at most 16 MiB each: split the packed bundle
   tar czf - "data/$m" | split -b 15m -d - "$out/$m.tgz.part"
