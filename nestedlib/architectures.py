@@ -7,13 +7,14 @@ from torch import nn
 
 
 class DigitClassifier(nn.Module):
-    """Small CNN classifier of 1x32x32 digits in [-1, 1]; penultimate layer = FID features."""
+    """Small CNN classifier of Cx32x32 images in [-1, 1] (digits: C = 1, emoji: C = 3); penultimate layer = FID features."""
 
-    def __init__(self, width: int = 32, num_features: int = 128, num_classes: int = 10, in_size: int = 32):
+    def __init__(self, width: int = 32, num_features: int = 128, num_classes: int = 10, in_size: int = 32,
+                 in_channels: int = 1):
         super().__init__()
         w = width
         self.body = nn.Sequential(
-            nn.Conv2d(1, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),  # 32 -> 16
             nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),  # 16 -> 8
@@ -25,13 +26,15 @@ class DigitClassifier(nn.Module):
         self.dropout = nn.Dropout(0.3)
         self.head = nn.Linear(num_features, num_classes)
         self.config = {"width": width, "num_features": num_features, "num_classes": num_classes, "in_size": in_size}
+        if in_channels != 1:  # the digit classifiers' config.json stays as it was
+            self.config["in_channels"] = in_channels
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate activations phi(x) (N, num_features): the feature space of our FID."""
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (N, num_classes) of images x (N, 1, 32, 32) in [-1, 1]."""
+        """Class logits (N, num_classes) of images x (N, C, 32, 32) in [-1, 1]."""
         return self.head(self.dropout(self.features(x)))
 
 

@@ -8,12 +8,12 @@ nestedlib.weights), how it is wrapped (`family`: "dit", "sd" or "pixel"), its de
 labels it was trained on and its null class, its latent family (the VAE whose latents it samples) and the cheap
 preview decoders fitted to those latents, the classifier that judges its samples, and the presets it supports.
 
-A new model is added in one place, here, as one more entry (or at run time with `register`), e.g. a colour emoji
-stand-in for DiT-XL/2 with its own VAE::
+A new model is added in one place, here, as one more entry (or at run time with `register`), e.g. the colour emoji
+stand-in for DiT-XL/2 with its own VAE and judge::
 
-    register(ModelInfo("emoji-dit", "bundled", "class-conditional latent DiT on 32x32 emoji", load_dit_pipeline,
-                       family="dit", key="emoji-dit", guidance=1.5, classes=9, null_class=1000,
-                       latents="emoji-vae"))
+    ModelInfo("emoji-dit", "bundled", "class-conditional latent DiT on 32x32 colour emoji", load_dit_pipeline,
+              family="dit", key="emoji-dit", guidance=1.5, classes=9, null_class=1000, latents="emoji-vae",
+              judge="emoji-classifier")
 
 and then ``prepare("emoji-dit", cond=[0, 3])`` samples it, refuses labels it was not trained on, and
 ``preview_decoder(model, "tiny")`` says that no cheap decoder fits its latents. Each bundled folder holds
@@ -88,6 +88,7 @@ def load_pipeline(name: str, device: str | torch.device = "cpu", dtype: torch.dt
     return DiffusionPipeline.from_pretrained(name, **kwargs).to(device)
 
 _MNIST_LATENTS = dict(latents="mnist-vae", preview_decoders="mnist-tiny-decoder", judge="mnist-classifier")
+EMOJI_CLASSES = 9  # nestedlib.data.EMOJI_CATEGORIES: label c is its c-th category
 
 REGISTRY: dict[str, ModelInfo] = {
     m.name: m
@@ -111,6 +112,13 @@ REGISTRY: dict[str, ModelInfo] = {
         ModelInfo("mnist-tiny-decoder", "bundled", "cheap preview decoders of mnist-vae latents: a least-squares "
                   "linear map and a distilled tiny conv decoder", load_preview_decoders, key="tiny-decoder",
                   latents="mnist-vae"),
+        ModelInfo("emoji-dit", "bundled", "class-conditional latent DiT on 32x32 colour emoji in 9 categories "
+                  "(a multimodal DiT-XL/2 stand-in)", load_dit_pipeline, family="dit", key="emoji-dit", guidance=1.5,
+                  classes=EMOJI_CLASSES, null_class=1000, latents="emoji-vae", judge="emoji-classifier", **_SAMPLER),
+        ModelInfo("emoji-vae", "bundled", "latent autoencoder 3x32x32 -> 4x8x8 of the colour emoji", load_vae,
+                  key="emoji-vae"),
+        ModelInfo("emoji-classifier", "bundled", "category classifier of 32x32 colour emoji (accuracy and FID "
+                  "features of emoji-dit)", load_classifier, key="emoji-classifier", classes=EMOJI_CLASSES),
         ModelInfo("facebook/DiT-XL-2-256", "hub", "DiT-XL/2 at 256 px on ImageNet (the paper's model)",
                   load_dit_pipeline, family="dit", stand_in="mnist-dit", guidance=1.5, classes=1000, null_class=1000,
                   latents="stabilityai/sd-vae-ft-ema", **_SAMPLER),

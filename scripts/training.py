@@ -41,18 +41,25 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor
     return torch.randperm(n, generator=generator)[:batch_size]
 
 
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Data augmentation: translate each image by an integer offset in [-max_shift, max_shift]^2, black fill."""
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator, fill: float = -1.0) -> torch.Tensor:
+    """Data augmentation: translate each image by an integer offset in [-max_shift, max_shift]^2, `fill` around
+    (the background: -1, black, for digits; 1, white, for emoji)."""
     if max_shift == 0:
         return x
     n, _, h, w = x.shape
-    pad = F.pad(x, (max_shift,) * 4, value=-1.0)  # background is -1 (black)
+    pad = F.pad(x, (max_shift,) * 4, value=fill)
     off = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator)
     out = torch.empty_like(x)
     for i in range(n):
         dy, dx = int(off[i, 0]), int(off[i, 1])
         out[i] = pad[i, :, dy : dy + h, dx : dx + w]
     return out
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Data augmentation: mirror each image left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,9 +135,11 @@ def drop_labels(labels: torch.Tensor, null_label: int, p: float, g: torch.Genera
 
 
 def classifier_step_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator,
-                         max_shift: int = 2) -> torch.Tensor:
-    """Cross-entropy -log p(y | x) of the classifier on randomly shifted digits."""
-    return F.cross_entropy(model(random_shift(x, max_shift, g)), y)
+                         max_shift: int = 2, fill: float = -1.0, flip: bool = False) -> torch.Tensor:
+    """Cross-entropy -log p(y | x) of the classifier on randomly shifted (and, with flip, mirrored) images."""
+    if flip:
+        x = random_flip(x, g)
+    return F.cross_entropy(model(random_shift(x, max_shift, g, fill)), y)
 
 
 def vae_step_loss(vae: nn.Module, x: torch.Tensor, g: torch.Generator, kl_weight: float = 1e-4) -> torch.Tensor:
@@ -143,11 +152,16 @@ def vae_step_loss(vae: nn.Module, x: torch.Tensor, g: torch.Generator, kl_weight
 
 
 def dit_step_loss(model: nn.Module, schedule: Schedule, z0: torch.Tensor, y: torch.Tensor, g: torch.Generator,
-                  null_label: int, p_drop: float = 0.1, lam: float = 1e-3) -> torch.Tensor:
-    """DiT training step: drop labels to null, noise latents, hybrid loss (Peebles & Xie 2023, sec. 3)."""
+                  null_label: int, p_drop: float = 0.1, lam: float = 1e-3, device=None) -> torch.Tensor:
+    """DiT training step: drop labels to null, noise latents, hybrid loss (Peebles & Xie 2023, sec. 3).
+
+    Every draw is made on the CPU from g; with `device` the batch then moves there, so any device trains on the same
+    batches."""
     y = drop_labels(y, null_label, p_drop, g)
     t, eps = draw_t_eps(schedule, z0, g)
     zt = schedule.add_noise(z0, t, eps)  # z_t (DDPM eq. 4)
+    if device is not None:
+        z0, zt, t, eps, y = (v.to(device) for v in (z0, zt, t, eps, y))
     out = model(zt, timestep=t, class_labels=y).sample  # (N, 2C, h, w): eps_theta and v
     return hybrid_loss(schedule, out, z0, zt, t, eps, lam)
 

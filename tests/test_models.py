@@ -156,7 +156,8 @@ def test_real_floor_compares_the_sizes_it_is_given_and_refuses_sizes_it_cannot_d
 SHIPPED_CLASS = {"mnist-dit": "DiTPipeline", "mnist-sd": "StableDiffusionPipeline", "digits8": "DDPMPipeline",
                  "mnist-pixel": "DDPMPipeline",
                  "mnist-vae": "AutoencoderKL", "mnist-classifier": "DigitClassifier",
-                 "mnist-tiny-decoder": "PreviewDecoders"}
+                 "mnist-tiny-decoder": "PreviewDecoders", "emoji-classifier": "DigitClassifier",
+                 "emoji-vae": "AutoencoderKL", "emoji-dit": "DiTPipeline"}
 
 
 @pytest.mark.parametrize("name", BUNDLED)
@@ -238,23 +239,23 @@ def test_a_new_model_is_one_registry_entry(tmp_path, monkeypatch):
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
                         norm_num_groups=4, sample_size=8)
-    DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "emoji-dit")
-    B.write_checksums(tmp_path / "emoji-dit")
+    DiTPipeline(transformer=transformer, vae=vae, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "colour-dit")
+    B.write_checksums(tmp_path / "colour-dit")
     monkeypatch.setattr(models, "REGISTRY", dict(models.REGISTRY))  # the test's entry leaves with the test
     monkeypatch.setattr(models, "DATA_ROOT", tmp_path)
-    models.register(models.ModelInfo("emoji-dit", "bundled", "class-conditional latent DiT on 32x32 emoji",
-                                     models.load_dit_pipeline, family="dit", key="emoji-dit", guidance=2.5, classes=9,
+    models.register(models.ModelInfo("colour-dit", "bundled", "class-conditional latent DiT on 32x32 emoji",
+                                     models.load_dit_pipeline, family="dit", key="colour-dit", guidance=2.5, classes=9,
                                      null_class=1000, latents="emoji-vae", presets=("book", "paper")))
-    model = prepare("emoji-dit", cond=[0, 8], preset="paper")
-    assert (model.name, model.kind, model.classes, model.latents) == ("emoji-dit", "dit", 9, "emoji-vae")
+    model = prepare("colour-dit", cond=[0, 8], preset="paper")
+    assert (model.name, model.kind, model.classes, model.latents) == ("colour-dit", "dit", 9, "emoji-vae")
     assert model.network.guidance_scale == 2.5 and model.network.guided_channels == 3 and model.shape == (2, 4, 4, 4)
     assert Guided(model, seed=0, total_nfe=10, outer=5).num_classes == 9
-    with pytest.raises(ValueError, match="emoji-dit was trained on classes 0-8 and the null class 1000"):
-        prepare("emoji-dit", cond=[9])
+    with pytest.raises(ValueError, match="colour-dit was trained on classes 0-8 and the null class 1000"):
+        prepare("colour-dit", cond=[9])
     with pytest.raises(ValueError, match=r"fitted to its latents \(emoji-vae\)"):
         preview_decoder(model, "tiny")
     with pytest.raises(ValueError, match="already registered"):
-        models.register(models.info("emoji-dit"))
+        models.register(models.info("colour-dit"))
 
 
 # --- no import circles --------------------------------------------------------------------------------------------

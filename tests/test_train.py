@@ -224,8 +224,9 @@ def test_latent_normalisation_folding_is_exact():
 
 
 def test_command_line_names_come_from_the_registry():
-    assert set(B.BUNDLED) == set(train.SETTINGS) == set(E.EVALUATE) == {"classifier", "vae", "dit", "flow", "sd",
-                                                                                "digits8", "pixel", "tiny-decoder"}
+    assert set(B.BUNDLED) == set(train.SETTINGS) == set(E.EVALUATE) == {
+        "classifier", "vae", "dit", "flow", "sd", "digits8", "pixel", "tiny-decoder", "emoji-classifier", "emoji-vae",
+        "emoji-dit"}
     for key, m in B.BUNDLED.items():
         assert B.bundled(key) is m and B.bundled(m.name) is m
         assert m.train_command == f"python scripts/train.py {key}"
