@@ -189,7 +189,7 @@ def test_torchrun_hands_the_whole_command_line_to_the_sweep():
     sweep = load_script()
     argv = ["--model", "mnist-dit", "--budgets", "100", "150", "--percents", "20", "100", "--samples", "200",
             "--seeds", "0", "1", "--guidance", "1.5", "--preset", "paper", "--outer", "5", "--batch", "50",
-            "--judges", "classifier", "pixels", "--device", "cpu", "--out", "runs/x"]
+            "--judges", "classifier", "pixels", "--device", "cpu", "--out", "runs/x", "--allow-dirty"]
     assert {o for o in argv if o.startswith("--")} | {"--unconditional"} == {
         o for a in sweep.parser()._actions for o in a.option_strings if o not in ("-h", "--help")}  # every option
     run = torchrun_parser().parse_args(["--nproc_per_node", "2", str(SCRIPT), *argv])
