@@ -34,10 +34,16 @@ FEATURES = ("classifier", "logits", "pixels", "inception")
 KID_FEATURE_SCALE = 0.1  # our features have E[phi^2] ~ 30; x 0.1 makes x.y/d ~ 0.3 in the cubic kernel, as with Inception
 
 
-def _grey(imgs: torch.Tensor) -> torch.Tensor:
-    """x in [-1, 1] float, 1 channel, from uint8 0..255 or float [-1, 1] images with 1 or 3 channels."""
+def _grey(imgs: torch.Tensor, channels: int = 1) -> torch.Tensor:
+    """x in [-1, 1] float, from uint8 0..255 or float [-1, 1] images with 1 or 3 channels; grey (1 channel) unless
+    the reader takes `channels` = 3 (a colour classifier)."""
     x = imgs.float() / 127.5 - 1.0 if imgs.dtype == torch.uint8 else imgs.float()
-    return x.mean(dim=1, keepdim=True) if x.shape[1] == 3 else x  # grey images given as RGB
+    return x.mean(dim=1, keepdim=True) if x.shape[1] == 3 and channels == 1 else x  # grey images given as RGB
+
+
+def _channels(classifier: nn.Module) -> int:
+    """The input channels a classifier reads (its config's, 1 for the digit classifiers)."""
+    return int(getattr(classifier, "config", {}).get("in_channels", 1))
 
 
 class ClassifierFeatures(nn.Module):
@@ -53,7 +59,7 @@ class ClassifierFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         """phi(x): uint8 0..255 or float [-1, 1], 1 or 3 channels -> (N, num_features)."""
-        return self.classifier.features(_grey(imgs)) * self.scale
+        return self.classifier.features(_grey(imgs, _channels(self.classifier))) * self.scale
 
 
 class LogitFeatures(nn.Module):
@@ -67,7 +73,7 @@ class LogitFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         """phi(x) = logits of p(c | x): uint8 or float [-1, 1], 1 or 3 channels -> (N, classes)."""
-        return self.classifier(_grey(imgs))
+        return self.classifier(_grey(imgs, _channels(self.classifier)))
 
 
 class PixelFeatures(nn.Module):
