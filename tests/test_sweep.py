@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "sweep.py"
 SMALL = ["--budgets", "10", "--percents", "50", "100", "--samples", "8", "--batch", "4", "--seeds", "0", "1",
-         "--judges", "classifier", "pixels", "logits"]
+         "--judges", "classifier", "pixels", "logits", "--allow-dirty"]  # also from a checkout with local changes
 METRICS = ("budget", "percent", "nfe", "preview_nfe", "sampler", "seed", "n", "fid", "kid", "kid_std",
            "class_accuracy")
 
