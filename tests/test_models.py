@@ -213,7 +213,9 @@ def test_every_fact_of_a_model_is_in_its_entry():
     assert (sd.family, sd.guidance) == ("sd", 4.0) and models.info(sd.stand_in or "mnist-sd").kind == "bundled"
     assert models.info("facebook/DiT-XL-2-256").guidance == 1.5
     assert models.info("stable-diffusion-v1-5/stable-diffusion-v1-5").guidance == 7.5
-    assert models.names(family="dit", judge="mnist-classifier") == ("mnist-dit",)  # what scripts/sweep.py samples
+    # what scripts/sweep.py samples: the class-conditional DiT-family digit models (mnist-flow: book preset only)
+    assert models.names(family="dit", judge="mnist-classifier") == ("mnist-dit", "mnist-flow")
+    assert models.info("mnist-flow").presets == ("book",)
     for name in models.REGISTRY:
         entry = models.info(name)
         assert callable(entry.loader) and (entry.family is None) == (entry.presets == ())
