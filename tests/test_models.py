@@ -154,7 +154,7 @@ def test_real_floor_compares_the_sizes_it_is_given_and_refuses_sizes_it_cannot_d
 # --- the shipped models (skipped where data/<name> is not there yet) --------------------------
 
 
-SHIPPED_CLASS = {"mnist-dit": "DiTPipeline", "mnist-sd": "StableDiffusionPipeline", "digits8": "DDPMPipeline",
+SHIPPED_CLASS = {"mnist-dit": "DiTPipeline", "mnist-flow": "DiTPipeline", "mnist-sd": "StableDiffusionPipeline", "digits8": "DDPMPipeline",
                  "mnist-pixel": "DDPMPipeline",
                  "mnist-vae": "AutoencoderKL", "mnist-classifier": "DigitClassifier",
                  "mnist-tiny-decoder": "PreviewDecoders"}
@@ -213,7 +213,7 @@ def test_every_fact_of_a_model_is_in_its_entry():
     assert (sd.family, sd.guidance) == ("sd", 4.0) and models.info(sd.stand_in or "mnist-sd").kind == "bundled"
     assert models.info("facebook/DiT-XL-2-256").guidance == 1.5
     assert models.info("stable-diffusion-v1-5/stable-diffusion-v1-5").guidance == 7.5
-    assert models.names(family="dit", judge="mnist-classifier") == ("mnist-dit",)  # what scripts/sweep.py samples
+    assert models.names(family="dit", judge="mnist-classifier") == ("mnist-dit", "mnist-flow")  # what sweep.py samples
     for name in models.REGISTRY:
         entry = models.info(name)
         assert callable(entry.loader) and (entry.family is None) == (entry.presets == ())
