@@ -153,8 +153,8 @@ def test_real_floor_compares_the_sizes_it_is_given_and_refuses_sizes_it_cannot_d
 # --- the shipped models (skipped where data/<name> is not there yet) --------------------------
 
 
-SHIPPED_CLASS = {"mnist-dit": "DiTPipeline", "mnist-sd": "StableDiffusionPipeline", "digits8": "DDPMPipeline",
-                 "mnist-pixel": "DDPMPipeline",
+SHIPPED_CLASS = {"mnist-dit": "DiTPipeline", "mnist-flow": "DiTPipeline", "mnist-sd": "StableDiffusionPipeline",
+                 "digits8": "DDPMPipeline", "mnist-pixel": "DDPMPipeline",
                  "mnist-vae": "AutoencoderKL", "mnist-classifier": "DigitClassifier",
                  "mnist-tiny-decoder": "PreviewDecoders", "emoji-classifier": "DigitClassifier",
                  "emoji-vae": "AutoencoderKL", "emoji-dit": "DiTPipeline"}
