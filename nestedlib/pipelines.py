@@ -478,13 +478,19 @@ def _wrap_sd(pipe, cond, scale, negative_prompt, height, width, name, preset) ->
     return model
 
 
-def _wrap_sdxl(pipe, cond, scale, negative_prompt, height, width, name, preset) -> Model:
-    """SDXL: two text encoders, and the added conditioning (pooled text embeds, size and crop time ids)."""
+def _text_setup(pipe, cond, negative_prompt, height, width, name):
+    """The prompts, the image size (the pipeline's default sample size when not given) and one negative per prompt."""
     prompts = _prompts(cond, name)
-    unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype
     height = height or pipe.default_sample_size * pipe.vae_scale_factor
     width = width or pipe.default_sample_size * pipe.vae_scale_factor
     negative = None if negative_prompt is None else [negative_prompt] * len(prompts)
+    return prompts, height, width, negative
+
+
+def _wrap_sdxl(pipe, cond, scale, negative_prompt, height, width, name, preset) -> Model:
+    """SDXL: two text encoders, and the added conditioning (pooled text embeds, size and crop time ids)."""
+    prompts, height, width, negative = _text_setup(pipe, cond, negative_prompt, height, width, name)
+    unet, device, dtype = pipe.unet, pipe.unet.device, pipe.unet.dtype
     with torch.no_grad():
         embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
                                                                     do_classifier_free_guidance=True,
@@ -566,11 +572,8 @@ def _sigma_timesteps(t: torch.Tensor) -> torch.Tensor:
 
 def _wrap_sd3(pipe, cond, scale, negative_prompt, height, width, name, preset) -> Model:
     """Stable Diffusion 3: a flow transformer on CLIP-L, CLIP-G and T5 embeddings, guided on the velocity."""
-    prompts = _prompts(cond, name)
+    prompts, height, width, negative = _text_setup(pipe, cond, negative_prompt, height, width, name)
     tr, device, dtype = pipe.transformer, pipe.transformer.device, pipe.transformer.dtype
-    height = height or pipe.default_sample_size * pipe.vae_scale_factor
-    width = width or pipe.default_sample_size * pipe.vae_scale_factor
-    negative = None if negative_prompt is None else [negative_prompt] * len(prompts)
     with torch.no_grad():
         embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
             prompts, None, None, device=device, do_classifier_free_guidance=True, negative_prompt=negative)
