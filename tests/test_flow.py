@@ -160,19 +160,8 @@ def test_flow_step_at_c_0_is_euler_algebraically():
 
 # ---- Eq. 1 on the 2-D toy: exact posterior draws make Algorithms 1 and 2 exact on the flow path --------------
 
-N = 3000
-ED_TOL = 0.005  # as tests/test_toy_exactness.py: two data samples of 3,000 points stay below 0.0023
-WEIGHT_TOL = 0.03
-
-
-@pytest.fixture(scope="module")
-def reference(mixture):
-    return mixture.sample(N, torch.Generator().manual_seed(12345))
-
-
-def _matches_data(x, mixture, reference):
-    weights = mixture.responsibilities(x).argmax(1).bincount(minlength=3) / len(x)
-    return energy_distance(x, reference) < ED_TOL and (weights - mixture.weights).abs().max().item() < WEIGHT_TOL
+# the same data check as tests/test_toy_exactness.py: its sample size, tolerances, reference draw and test
+from test_toy_exactness import ED_TOL, N, WEIGHT_TOL, _matches_data, reference  # noqa: E402,F401 (reference: a fixture)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 10])
