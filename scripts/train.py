@@ -62,12 +62,12 @@ SETTINGS: dict[str, dict] = {
     "pixel": dict(steps=20000, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.999, batch=128, seed=0),
     "tiny-decoder": dict(steps=3000, lr=2e-3, warmup=100, grad_clip=1.0, ema_decay=0.995, batch=128, seed=0),
     "emoji-classifier": dict(steps=1500, lr=1e-3, warmup=100, weight_decay=5e-4, grad_clip=1.0, batch=128, seed=0),
-    # emoji-vae: 8,000 x 256 = 360 passes over its 5,696 pictures; emoji-dit: 12,000 x 256 = 1,070 passes over 2,866
-    # latents (mnist-dit: 200 over 4,000 digits; more, because 9 diverse classes are harder). GPU jobs: see
-    # scripts/emoji_gpu.sh; on a CPU they are hours of resumable runs.
-    "emoji-vae": dict(steps=8000, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.999, batch=256, seed=0),
-    "emoji-dit": dict(steps=12000, lr=1e-3, warmup=500, grad_clip=1.0, ema_decay=0.9995, batch=256, seed=0,
-                      eval_every=2000),
+    # emoji-vae: 4,000 x 64 = 45 passes over its 5,696 pictures; emoji-dit: 7,000 x 128 = 310 passes over 2,866
+    # latents (mnist-dit: 160 over 4,000 digits). Sized for one CPU thread (about 45 and 60 minutes); a GPU affords
+    # more (scripts/emoji_gpu.sh passes its own --steps and --batch).
+    "emoji-vae": dict(steps=4000, lr=1e-3, warmup=200, grad_clip=1.0, ema_decay=0.999, batch=64, seed=0),
+    "emoji-dit": dict(steps=7000, lr=1e-3, warmup=500, grad_clip=1.0, ema_decay=0.9995, batch=128, seed=0,
+                      eval_every=1000),
 }
 DEVICE_KEYS = ("pixel", "emoji-vae", "emoji-dit")  # the models whose network may train on --device cuda
 # sd: 3001 steps = the shipped run, stopped (runs/mnist-sd/STOP) right after its step-3000 accuracy check.
