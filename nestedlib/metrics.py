@@ -226,9 +226,6 @@ class Judge:
         return out
 
 
-Reference = Judge  # its former name (nestedlib.anytime and the anytime chapter's tests still say Reference)
-
-
 @torch.no_grad()
 def predict(classifier: nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """Predicted class argmax_c p(c | x) of each image, (N,)."""

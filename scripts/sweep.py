@@ -34,9 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -306,42 +303,6 @@ def cell_rows(parts: list[dict], budget: int, seed: int, args, judges: dict, bar
     return rows
 
 
-def provenance() -> dict:
-    """The code the sweep runs: {"commit": HEAD, with '+dirty' when files differ from it, "modified": the changed or
-    untracked files (git status --porcelain), or commit "unknown" outside a git checkout}."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": "unknown", "modified": []}
-    modified = [line[3:] for line in status.stdout.splitlines() if line.strip()]
-    return {"commit": head.stdout.strip() + ("+dirty" if modified else ""), "modified": modified}
-
-
-def check_clean(allow_dirty: bool) -> dict:
-    """provenance(), or exit with what to do when the tree has uncommitted changes and allow_dirty is False."""
-    code = provenance()
-    if code["modified"] and not allow_dirty:
-        shown = ", ".join(code["modified"][:8]) + (", ..." if len(code["modified"]) > 8 else "")
-        sys.exit(f"scripts/sweep.py: the working tree has uncommitted changes ({shown}), so no commit would regenerate "
-                 "these results. Commit (or stash) them and run again, or pass --allow-dirty to run anyway; the "
-                 "results then record the commit as '<commit>+dirty' with the list of changed files.")
-    return code
-
-
-def machine(device) -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"host": socket.gethostname(), "cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu,
-            "platform": platform.platform(), "torch": torch.__version__}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The sweep
 # ----------------------------------------------------------------------------------------------------------------
@@ -349,7 +310,9 @@ def machine(device) -> dict:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
-    code = check_clean(args.allow_dirty)  # before any work: every rank sees the same tree
+    from nestedlib import runtime
+
+    code = runtime.check_clean(ROOT, args.allow_dirty, "scripts/sweep.py")  # before any work: every rank sees the same tree
     wall = time.perf_counter()
     import torch
     from tqdm.auto import tqdm
@@ -413,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     path = save_results(
         args.out, parameters, rows=rows, floor=floors, model=args.model, commit=code["commit"],
         modified_files=code["modified"],
-        processes=dist.world, threads=torch.get_num_threads(), device=str(dist.device), machine=machine(dist.device),
+        processes=dist.world, threads=torch.get_num_threads(), device=str(dist.device), machine=runtime.machine(dist.device),
         time={"wall_s": clocks[0]["wall_s"], "sampling_s": [c["sampling_s"] for c in clocks],
               "decode_s": [c["decode_s"] for c in clocks], "gather_s": [c["gather_s"] for c in clocks],
               "metrics_s": clocks[0]["metrics_s"]},
