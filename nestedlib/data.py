@@ -302,6 +302,13 @@ def _heldout_labels(dataset: str) -> torch.Tensor:
     return split(dataset, "heldout")[1]
 
 
+def is_balanced(dataset: str) -> bool:
+    """Whether the held-out part holds every class equally often (MNIST: 100 of each digit; emoji: no), so that
+    `label_plan` asks for class i % classes and a floor draws n / classes training images of each class."""
+    counts = torch.bincount(_heldout_labels(dataset))
+    return bool((counts == counts[0]).all())
+
+
 def label_plan(dataset: str, n: int) -> torch.Tensor:
     """The classes asked for by generated samples 0..n-1, in the held-out part's class proportions (FID also
     measures proportions, so a generated set must hold the classes as the reference set does). A class-balanced
@@ -311,9 +318,8 @@ def label_plan(dataset: str, n: int) -> torch.Tensor:
     if n < 0:
         raise ValueError(f"n must be a number of samples (0 or more), got {n}")
     y = _heldout_labels(dataset)
-    counts = torch.bincount(y)
-    if bool((counts == counts[0]).all()):
-        return torch.arange(n) % len(counts)
+    if is_balanced(dataset):
+        return torch.arange(n) % (int(y.max()) + 1)
     if len(y) % 9973 == 0:
         raise ValueError(f"a held-out part of {len(y)} pictures is a multiple of the stride 9973")
     return y[(torch.arange(n) * 9973) % len(y)]
