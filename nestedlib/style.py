@@ -67,3 +67,16 @@ def show_table(name: str, df, index: bool = True) -> None:
         display(table)
         return
     glue(name, table, display=False)
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """Hand a number or a phrase to the page's text (myst-nb's glue, as a plain int, float or str: `{glue:text}`), or
+    print it where myst-nb is not installed (e.g. Colab)."""
+    if not isinstance(value, str):
+        value = int(value) if isinstance(value, (int, np.integer)) else float(value)
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        print(f"{name} = {value}")
+        return
+    _glue(name, value, display=display)

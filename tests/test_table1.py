@@ -255,3 +255,18 @@ def test_kid_draws_follow_the_label_plan():
     a = table1.kid_of_real_draws(judge, "mnist", 30, True, 2)
     assert a.shape == (2,) and np.isfinite(a).all()
     assert table1.kid_bias(judge, "mnist", sizes=((30, 2),))[1]["draw"] == "class-balanced"
+
+
+def test_the_shape_of_the_curves_with_and_without_the_floor():
+    paper = table1.shape(table1.paper_rows(table1.paper_table()))  # raw FIDs: the paper's Figure 2
+    assert paper[100]["vanilla_20"] == pytest.approx(282.89 / 2.44) and paper[100]["vanilla_60"] == pytest.approx(65.22 / 2.44)
+    assert paper[100]["nested_first"] == pytest.approx(13.03 / 3.18)
+    assert paper[250]["early"] == pytest.approx(3.57 / 284.13)
+    assert paper[100]["gap_closed"] == pytest.approx(table1.effect(table1.paper_rows(table1.paper_table()))[100]["gap_closed"])
+    rows = synthetic()  # seed means: vanilla 101, 51, 21, 11, 9; nested 21, 16, 13, 11, 10
+    s = table1.shape(rows, floor=5.0)[100]
+    assert s["vanilla_20"] == pytest.approx(96 / 4) and s["vanilla_40"] == pytest.approx(46 / 4)
+    assert s["nested_first"] == pytest.approx(16 / 5) and s["early"] == pytest.approx(16 / 96)
+    assert s["gap_closed"] == pytest.approx((101 - 21) / (101 - 9))  # the floor cancels in the gap closed
+    at_floor = table1.shape(rows, floor=9.0)[100]  # vanilla's final FID is the floor: no ratio to it
+    assert at_floor["vanilla_20"] is None and at_floor["nested_first"] == pytest.approx(12 / 1)
