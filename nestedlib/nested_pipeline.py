@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 
 from .pipelines import pipeline_model, samplers
@@ -111,6 +110,4 @@ class NestedPipeline:
             return arrays
         if output_type == "pt":
             return torch.from_numpy(arrays).permute(0, 3, 1, 2)
-        from PIL import Image
-
-        return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arrays]
+        return self.pipe.numpy_to_pil(arrays)  # DiTPipeline's own conversion (one channel: mode "L")

@@ -362,6 +362,29 @@ class SchedulerSampler:
         return f"SchedulerSampler({type(self.scheduler).__name__})"
 
 
+def refuse_clipping(scheduler, name: str = "the") -> None:
+    """The one rule for a DDIMScheduler that clips x̂_0: nestedlib refuses it rather than step differently.
+
+    Eq. 1's transition q(x_t' | x̂_0, x_t) sees only x̂_0 and x_t, so with x̂_0 clipped its epsilon is the one the
+    clipped x̂_0 implies: `vanilla(..., clip=r)` is `DDIMScheduler(clip_sample=True, clip_sample_range=r).step(...,
+    use_clipped_model_output=True)` (tested). DDIMScheduler's default step (use_clipped_model_output=False, what
+    every pipeline calls) keeps the network's own epsilon instead, and dynamic thresholding has no nestedlib
+    counterpart; neither can be reproduced, so both raise here. (`SchedulerSampler` runs any other scheduler's own
+    step, clipping included, so it follows the scheduler as it is.)
+    """
+    config = scheduler.config
+    if config.get("clip_sample") or config.get("thresholding"):
+        what = "thresholds" if config.get("thresholding") else "clips"
+        raise ValueError(
+            f"{name} DDIMScheduler {what} x̂_0 (clip_sample={config.get('clip_sample')}, thresholding="
+            f"{config.get('thresholding')}) and then steps with the network's own epsilon, not the one the clipped "
+            "x̂_0 implies, which no transition of Eq. 1 does. Set scheduler = DDIMScheduler.from_config("
+            "scheduler.config, clip_sample=False, thresholding=False) (latent models are not clipped: "
+            "StableDiffusionPipeline turns clipping off itself); to clip x̂_0 the way Eq. 1 allows, build "
+            "vanilla(network, schedule, steps, clip=clip_sample_range), which equals DDIMScheduler.step(..., "
+            "use_clipped_model_output=True)")
+
+
 def inner_from_scheduler(scheduler, network: Callable, steps: int | Sequence[int], *, t_end: int = 0,
                          drop_end: bool = False, eta: float = 0.0, mu: float | None = None,
                          spacing: str = "scheduler"):
@@ -373,7 +396,8 @@ def inner_from_scheduler(scheduler, network: Callable, steps: int | Sequence[int
 
     diffusers' DDIMScheduler steps by a fixed stride from T, so it cannot start at an outer t; its update is
     written out in `nestedlib.transitions.DDIM` (tested step for step against DDIMScheduler) and used instead,
-    with the scheduler's own betas and its abar at the clean end (`set_alpha_to_one`).
+    with the scheduler's own betas and its abar at the clean end (`set_alpha_to_one`). A DDIMScheduler that clips
+    or thresholds x̂_0 is refused (`refuse_clipping`).
     """
     from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
@@ -383,10 +407,10 @@ def inner_from_scheduler(scheduler, network: Callable, steps: int | Sequence[int
         return euler(network, FlowSchedule.from_diffusers(scheduler, mu=mu, spacing=spacing), steps,
                      fresh=bool(scheduler.config.get("stochastic_sampling")))
     if isinstance(scheduler, DDIMScheduler):
+        refuse_clipping(scheduler)
         schedule = Schedule.from_diffusers(scheduler)
-        clip = scheduler.config.clip_sample_range if scheduler.config.clip_sample else None
         end = float(scheduler.final_alpha_cumprod)  # 1, or abar_0 with set_alpha_to_one=False (SD's config)
-        return Diffusion(NetworkMean(network, schedule, clip), DDIM(schedule, eta, end), steps, t_end=t_end,
+        return Diffusion(NetworkMean(network, schedule), DDIM(schedule, eta, end), steps, t_end=t_end,
                          drop_end=drop_end)
     return SchedulerSampler(scheduler, network, steps, t_end=t_end, drop_end=drop_end)
 
@@ -698,12 +722,7 @@ def samplers(model: Model, outer: int, inner: int | Sequence[int], *, eta: float
     if not isinstance(scheduler, DDIMScheduler):  # e.g. SDXL's Euler: nestedlib's DDIM on the scheduler's betas
         return {"vanilla": _NotThePipelines(model.name, type(scheduler).__name__),
                 "nested": nested(vanilla(net, sched, inner, transition="ddim", eta=eta or 0.0), outer)}
-    if scheduler.config.clip_sample or scheduler.config.get("thresholding"):
-        raise ValueError(f"{model.name}'s DDIMScheduler clips x̂_0 (clip_sample or thresholding) and then steps with the "
-                         "network's own epsilon, not the one x̂_0 implies, which no transition of Eq. 1 does (and "
-                         "clipping latents to [-1, 1] is not meant for latent models: StableDiffusionPipeline turns "
-                         "it off itself); set pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, "
-                         "clip_sample=False)")
+    refuse_clipping(scheduler, f"{model.name}'s")  # before the vanilla sampler: the pipeline's step is not ours
 
     def grid(steps: int, num_timesteps: int) -> list[int]:
         s = copy.deepcopy(scheduler)

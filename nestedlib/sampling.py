@@ -79,7 +79,9 @@ class Network:
     """eps_theta(x_t, t | c) with classifier-free guidance (Ho & Salimans 2022, eq. 6); one call is one NFE.
 
     `fn(x, t, cond)` returns epsilon, shaped like x, or DiT-style epsilon and variance channels (2C channels).
-    With guidance, the conditional and unconditional branches run as one batch (one NFE, as DiT counts it);
+    With guidance, the conditional and unconditional branches run as one batch (one NFE, as DiT counts it), their
+    conditions stacked once when the network is built (`cond` and `null_cond` are then views into that batch, so
+    the embeddings are held once, as a pipeline holds them);
     guidance applies to the first `guided_channels` epsilon channels (all by default), the variance channels
     come from the conditional branch. `guidance_scale` may also be a tensor of one scale per sample: both branches
     then always run, even for rows whose scale is 1. `image_shape` (C, H, W), where the model knows it, lets `run`
@@ -96,6 +98,11 @@ class Network:
         if null_cond is not None and cond is None:
             raise ValueError("null_cond was given without cond; pass the condition too")
         self.fn, self.cond, self.null_cond = fn, cond, null_cond
+        self._both = None  # (cond, null_cond, both): the guided batch's conditions, stacked once
+        if cond is not None and null_cond is not None and _batch_of(cond) is not None:
+            both = cat_conditions([cond, null_cond])  # as a pipeline does: once, not at every NFE
+            self.cond, self.null_cond = _split_conditions(both, _batch_of(cond))  # views into it: no second copy
+            self._both = (self.cond, self.null_cond, both)
         self.guidance_scale = guidance_scale.reshape(-1) if per_row else float(guidance_scale)
         self.guided_channels = guided_channels
         self.image_shape = None if image_shape is None else tuple(int(n) for n in image_shape)
@@ -126,7 +133,9 @@ class Network:
         elif s == 1.0:
             out = self.fn(x, tt, self.cond)
         if torch.is_tensor(s) or s != 1.0:
-            both = cat_conditions([self.cond, self.null_cond])
+            kept = self._both
+            both = (kept[2] if kept is not None and kept[0] is self.cond and kept[1] is self.null_cond
+                    else cat_conditions([self.cond, self.null_cond]))  # conditions set after construction
             out_c, out_u = self.fn(torch.cat([x, x]), torch.cat([tt, tt]), both).chunk(2)
             g = self.guided_channels or x.shape[1]
             eps = out_u[:, :g] + s * (out_c[:, :g] - out_u[:, :g])  # eps_u + s (eps_c - eps_u)
@@ -147,6 +156,25 @@ def cat_conditions(conds: Sequence[Any]) -> Any:
     if isinstance(first, dict):
         return {k: cat_conditions([c[k] for c in conds]) for k in first}
     raise TypeError(f"cannot batch a condition of type {type(first).__name__}; use tensors or dicts of tensors")
+
+
+def _batch_of(cond: Any) -> int | None:
+    """The batch size of a condition (a tensor, or the first tensor of a dict); None: not one we batch."""
+    if torch.is_tensor(cond):
+        return cond.shape[0]
+    if isinstance(cond, dict):
+        return next((n for n in map(_batch_of, cond.values()) if n is not None), None)
+    return None
+
+
+def _split_conditions(both: Any, n: int) -> tuple[Any, Any]:
+    """`cat_conditions`' inverse: rows [:n] and [n:] of stacked conditions, as views (no copy)."""
+    if both is None:
+        return None, None
+    if torch.is_tensor(both):
+        return both[:n], both[n:]
+    parts = {k: _split_conditions(v, n) for k, v in both.items()}
+    return {k: a for k, (a, _) in parts.items()}, {k: b for k, (_, b) in parts.items()}
 
 
 # --- The contracts: events, estimates, x0-samplers and transitions. ---------------------------------------------

@@ -93,3 +93,16 @@ def test_flux_and_dit_through_the_same_lines():
     dit = NestedPipeline(tiny.dit(), outer=2, inner=2)
     out = dit([1, 7], generator=torch.Generator().manual_seed(0))
     assert len(out.images) == 2 and out.images[0].size == (16, 16) and [p.nfe for p in out.previews] == [2, 4]
+
+
+def test_one_channel_images_come_back_as_the_pipeline_converts_them():
+    """The bundled digit models decode to one channel: PIL images in mode "L", as DiTPipeline's numpy_to_pil gives."""
+    from nestedlib import models
+
+    pipe = models.load("mnist-dit")
+    pipe.set_progress_bar_config(disable=True)
+    nested = NestedPipeline(pipe, outer=2, inner=2)
+    pil = nested([3, 7], guidance_scale=1.5, generator=torch.Generator().manual_seed(0)).images
+    arrays = nested([3, 7], guidance_scale=1.5, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert arrays.shape == (2, 32, 32, 1) and [im.mode for im in pil] == ["L", "L"]
+    assert all(np.array_equal(np.asarray(im), np.asarray(ref)) for im, ref in zip(pil, pipe.numpy_to_pil(arrays)))

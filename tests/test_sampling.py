@@ -306,6 +306,24 @@ def test_guidance_is_applied_inside_the_inner_process_only(schedule):
     assert fn.batches == [8] * 12  # every call is a guided inner call: the outer process never calls the network
 
 
+def test_the_guided_batch_stacks_its_conditions_once_not_at_every_nfe():
+    """As a pipeline does: cond and null_cond are stacked once (cond, null_cond are views of that batch, no second
+    copy in memory), every NFE passes the same stacked object; conditions set later are still stacked per call."""
+    seen = []
+    fn = lambda x, t, c: (seen.append(c), torch.zeros_like(x))[1]  # noqa: E731
+    embeds = {"embeds": torch.arange(6.0).reshape(2, 3), "pooled": torch.ones(2, 1)}
+    null = {"embeds": -torch.arange(6.0).reshape(2, 3), "pooled": torch.zeros(2, 1)}
+    net = Network(fn, cond=embeds, null_cond=null, guidance_scale=3.0)
+    x = torch.zeros(2, 4)
+    net(x, 10), net(x, 20)
+    assert seen[0] is seen[1] and torch.equal(seen[0]["embeds"], torch.cat([embeds["embeds"], null["embeds"]]))
+    assert net.cond["embeds"].untyped_storage().data_ptr() == seen[0]["embeds"].untyped_storage().data_ptr()
+    assert torch.equal(net.cond["embeds"], embeds["embeds"]) and torch.equal(net.null_cond["pooled"], null["pooled"])
+    net.cond = {"embeds": torch.ones(2, 3), "pooled": torch.ones(2, 1)}
+    net(x, 30)
+    assert torch.equal(seen[-1]["embeds"], torch.cat([torch.ones(2, 3), null["embeds"]]))
+
+
 def test_guided_channels_leaves_the_others_to_the_conditional_branch():
     """DiT's official sampler guides only the first 3 of its 4 latent channels (`guided_channels=3`)."""
     fn = lambda x, t, c: c[:, None].to(x.dtype).expand(x.shape[0], 2 * x.shape[1])  # eps = v = cond

@@ -192,3 +192,36 @@ def test_budgets_that_do_not_divide_are_refused():
 def test_abar_of_unknown_timestep_is_refused():
     with pytest.raises(ValueError, match="outside"):
         BETAS["linear"].abar(1000)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.85])
+def test_clipping_x0_is_diffusers_ddim_with_the_clipped_models_epsilon_and_nothing_else(eta):
+    """One rule for x̂_0 clipping: `vanilla(..., clip=r)` (NetworkMean's clipped x̂_0, then the DDIM transition,
+    which takes the epsilon that x̂_0 implies) is DDIMScheduler(clip_sample=True).step(...,
+    use_clipped_model_output=True), step for step in float64; its default step keeps the network's epsilon, differs,
+    and is refused wherever nestedlib would stand in for it (`refuse_clipping`)."""
+    from nestedlib import NetworkMean, vanilla
+    from nestedlib.pipelines import inner_from_scheduler
+
+    s, n, r = BETAS["linear"], 10, 1.0
+    sched = _float64(DDIMScheduler(clip_sample=True, clip_sample_range=r))
+    sched.set_timesteps(n)
+    worst, default_gap = 0.0, 0.0
+    for i, t in enumerate(sched.timesteps.tolist()):
+        x_t, eps = _pair(300 + i)
+        x_t = 2 * x_t  # wide enough that x̂_0 leaves [-1, 1] at every t
+        mean = NetworkMean(lambda x, tt, e=eps: e, s, clip=r)
+        x0 = mean.mean(x_t, t)[0]
+        assert bool((x0.abs() == r).any())  # clipping happened
+        prev = t - 1000 // n
+        mine = DDIM(s, eta)(x_t, x0, t, prev if prev >= 0 else CLEAN, torch.Generator().manual_seed(i))
+        theirs = sched.step(eps, t, x_t, eta=eta, use_clipped_model_output=True,
+                            generator=torch.Generator().manual_seed(i)).prev_sample
+        default = sched.step(eps, t, x_t, eta=eta, generator=torch.Generator().manual_seed(i)).prev_sample
+        worst = max(worst, (theirs - mine).abs().max().item())
+        default_gap = max(default_gap, (default - mine).abs().max().item())
+    assert worst <= 1e-12 and default_gap > 1e-2
+    assert vanilla(lambda x, tt: x, s, n, clip=r).x0_sampler.clip == r
+    for config, what in ((dict(), "clips"), (dict(clip_sample=False, thresholding=True), "thresholds")):
+        with pytest.raises(ValueError, match=f"DDIMScheduler {what} x̂_0 .*clip_sample=False, thresholding=False"):
+            inner_from_scheduler(DDIMScheduler(**config), lambda x, tt: x, 4)  # DDIMScheduler's default clips
