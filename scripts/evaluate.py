@@ -453,7 +453,9 @@ CARD_INTRO = {
     "emoji-dit": "Class-conditional latent DiT (diffusers `DiTTransformer2DModel`, 4 heads x 48, 6 layers, patch 2) "
                  "on emoji-vae's 4x8x8 latents: the multimodal DiT-XL/2 stand-in, 9 categories. Predicts noise and "
                  "DiT's learned-range variance, trained with L_simple + 0.001 L_vlb; null class 1000, 10 % of "
-                 "labels dropped to it. Loads as a `DiTPipeline`. " + EMOJI_CREDIT,
+                 "labels dropped to it. Loads as a `DiTPipeline`. Sized for one CPU thread (about an hour of training) and "
+                 "shipped with the last step's weights, not its EMA (training.json: weights; data/README.md says "
+                 "why). " + EMOJI_CREDIT,
     "mnist-classifier": "Evaluation network: a small CNN classifier of 32x32 MNIST digits. Its penultimate "
                         "128-d layer is the feature space of the book's FID/KID (torchmetrics, `feature=`), and "
                         "its predictions give the class accuracy of generated digits.",
