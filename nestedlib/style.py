@@ -1,8 +1,8 @@
 """What a reader sees: result tables the book numbers and captions, one colour per sampler, figures fit to reuse.
 
-* ``show_table(name, df)``: a chapter's result table (a pandas DataFrame) handed to the book, which places it with
-  ``{glue:figure}`` and ``:figclass: result-table`` as a numbered, captioned table (book/_ext/book_assets.py); outside
-  the book build (Colab, a plain Jupyter without myst-nb) the table is simply displayed.
+* ``show_table(name, df)``: a chapter's result table (a pandas DataFrame), shown in place in a live kernel and handed
+  to the book, which places it with ``{glue:figure}`` and ``:figclass: result-table`` as a numbered, captioned table
+  and leaves the in-place copy out (book/_ext/book_assets.py).
 * ``pm(values)``: "mean ± sd" over seeds, the form every table cell takes.
 * ``colour(sampler)``: vanilla red, Nested Diffusion blue, the inner process green, in every chapter's figures.
 * ``setup_figures()``: figures at 150 dpi with fonts that stay legible when a page scales them down.
@@ -55,15 +55,24 @@ def pm(values, digits: int = 1, scale: float = 1.0) -> str:
     return f"{v.mean():.{digits}f}\u00a0±\u00a0{v.std(ddof=1):.{digits}f}"  # no-break spaces: one cell, one line
 
 
+IN_PLACE = "table-in-place"  # class of the copy a live kernel shows; the book drops it (book/_ext/book_assets.py)
+
+
 def show_table(name: str, df, index: bool = True) -> None:
-    """Hand the DataFrame `df` to the book under `name` (myst-nb's glue, shown where the text pastes it with a
-    caption and a number), or display it outside the book build. index=False leaves the row labels out."""
+    """Show the DataFrame `df` in place and hand it to the book under `name` (myst-nb's glue, pasted where the text
+    numbers and captions it). The in-place copy is wrapped in a div of class IN_PLACE, which the book build leaves
+    out, so a live kernel (Jupyter, Colab) shows the table once and the book shows it once, where it is pasted.
+    index=False leaves the row labels out."""
+    from IPython.core.formatters import format_display_data
+    from IPython.display import display
+
     table = df if index else df.style.hide(axis="index")
+    bundle, _ = format_display_data(table)
+    shown = {"text/html": f'<div class="{IN_PLACE}" data-glue="{name}">{bundle["text/html"]}</div>',
+             "text/plain": bundle.get("text/plain", "")}
+    display(shown, raw=True)
     try:
         from myst_nb import glue
-    except ImportError:  # Colab or a Jupyter without the book's tools: show it in place
-        from IPython.display import display
-
-        display(table)
+    except ImportError:  # Colab or a Jupyter without the book's tools: nothing to hand over
         return
-    glue(name, table, display=False)
+    glue(name, table, display=False)  # a record no frontend shows (its mime types carry myst-nb's prefix)

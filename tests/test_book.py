@@ -122,12 +122,19 @@ def test_no_page_shows_a_progress_bar(html):
 
 
 def test_result_tables_are_numbered_and_captioned(html):
-    """Result tables are HTML tables with a number and a caption ("Table 10.2 ..."), not print output."""
+    """Result tables are HTML tables with a number and a caption ("Table 10.2 ..."), not print output, and each is
+    shown once: the copy show_table displays in its cell (for a live kernel) is not in the page."""
     tables = 0
     for page in built_pages(html):
-        for fig in re.findall(r'<figure class="[^"]*result-table[^"]*".*?</figure>', page.read_text(), flags=re.S):
+        text = page.read_text()
+        for fig in re.findall(r'<figure class="[^"]*result-table[^"]*".*?</figure>', text, flags=re.S):
             assert "<table" in fig and re.search(r'class="caption-number">Table \d+\.\d+', fig), fig[:300]
             tables += 1
+        assert "table-in-place" not in text, f"{page.relative_to(html)} shows a table in its cell as well"
+        bodies = Counter(re.sub(r'\s(?:id|class)="[^"]*"', "", b)
+                         for b in re.findall(r"<tbody>.*?</tbody>", text, flags=re.S))
+        repeated = [b[:200] for b, n in bodies.items() if n > 1]
+        assert not repeated, f"{page.relative_to(html)} shows a table twice: {repeated}"
     assert tables >= 10
 
 

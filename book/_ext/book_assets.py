@@ -11,6 +11,9 @@
 - Adds book-figures.js: on a phone, a wide figure is shown at 45 % of its size or more and scrolls in its own box.
 - Numbers result tables as tables: a `{glue:figure}` pasting a DataFrame with `:figclass: result-table` becomes a
   `result_table` node, which Sphinx counts apart from figures ("Table 10.1") and `{numref}` cites as a table.
+- Leaves out the in-place copy of each result table: `nestedlib.style.show_table` shows a table in the cell (so a
+  live kernel shows it) wrapped in `<div class="table-in-place">`, and glues it; the page shows it once, where the
+  text pastes it with its number and caption. Nothing else the cell shows is touched.
 """
 from collections import Counter
 from pathlib import Path
@@ -91,6 +94,29 @@ class ResultTables(SphinxTransform):
                     self.document.ids[id_] = table
 
 
+IN_PLACE = '<div class="table-in-place"'  # nestedlib.style.IN_PLACE: a table a live kernel shows in its cell
+
+
+class DropInPlaceTables(SphinxTransform):
+    """Remove the cell outputs that are in-place copies of glued result tables (and a cell output box left empty)."""
+
+    default_priority = 200
+
+    def apply(self, **kwargs):
+        for raw in list(self.document.findall(nodes.raw)):
+            if not raw.astext().lstrip().startswith(IN_PLACE):
+                continue
+            bundle = raw
+            while bundle is not None and bundle.get("nb_element") != "mime_bundle":
+                bundle = bundle.parent
+            if bundle is None or bundle.parent is None:
+                continue
+            box = bundle.parent
+            box.remove(bundle)
+            if "cell_output" in box.get("classes", []) and not box.children:
+                box.parent.remove(box)
+
+
 def _visit_result_table(self, node):
     self.visit_figure(node)
 
@@ -107,6 +133,7 @@ def _static(app, config):
 def setup(app):
     app.add_enumerable_node(result_table, "table", html=(_visit_result_table, _depart_result_table))
     app.add_transform(ResultTables)
+    app.add_transform(DropInPlaceTables)
     app.connect("config-inited", _static)
     app.connect("html-page-context", _dedupe, priority=900)
     app.connect("doctree-resolved", _unique_ids)
