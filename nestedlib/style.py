@@ -6,6 +6,8 @@
 * ``pm(values)``: "mean ± sd" over seeds, the form every table cell takes.
 * ``colour(sampler)``: vanilla red, Nested Diffusion blue, the inner process green, in every chapter's figures.
 * ``setup_figures()``: figures at 150 dpi with fonts that stay legible when a page scales them down.
+* ``show_figure(fig)``: a figure as drawn, plus, for a wide grid of panels, the same panels in fewer columns for a
+  phone, in the same output (the book shows that one on narrow screens: book/_ext/book_assets.py).
 """
 from __future__ import annotations
 
@@ -42,6 +44,78 @@ def setup_figures(dpi: int = 150) -> None:
 
     plt.rcParams.update({"figure.dpi": dpi, "savefig.dpi": dpi, "font.size": 9, "axes.titlesize": 9,
                          "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8, "ytick.labelsize": 8})
+
+
+PHONE_COLUMN_PX = 358  # CSS pixels of the text column on a 390 px phone
+MIN_SCALE = 0.45  # the smallest scale a page shows a figure at (book-figures.js): 9 pt at 150 dpi stays 8 px tall
+PHONE_WIDTH_IN = 4.8  # a phone layout's width: 720 px at 150 dpi, shown at half its size in the phone's column
+
+
+def _png(fig, fmt: str = "png") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    kwargs = {"pil_kwargs": {"quality": 95}} if fmt == "jpeg" else {}
+    fig.savefig(buf, format=fmt, bbox_inches="tight", facecolor="white", **kwargs)
+    return buf.getvalue()
+
+
+def phone_layout(fig, order: str = "rows") -> bool:
+    """Re-lay `fig`'s grid of panels out for a phone, in place: k columns (as many as fit PHONE_WIDTH_IN with each
+    panel at 75 % of its width or more), the panels taken row by row (order="rows") or column by column
+    (order="columns": a desktop column, e.g. one NFE, becomes whole phone rows). False when the figure is not one grid of
+    single-cell panels (then it is left as it is)."""
+    import math
+
+    from matplotlib.gridspec import GridSpec
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    if order not in ("rows", "columns"):
+        raise ValueError(f'order must be "rows" or "columns", not {order!r}')
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    specs = [ax.get_subplotspec() for ax in panels]
+    if not panels or None in specs or len({id(s.get_gridspec()) for s in specs}) > 1 or any(
+            len(s.rowspan) > 1 or len(s.colspan) > 1 for s in specs):
+        return False  # colour bars, insets or panels spanning cells: no safe way to move them
+    rows, cols = specs[0].get_gridspec().get_geometry()
+    key = (lambda s: (s.rowspan.start, s.colspan.start)) if order == "rows" else (
+        lambda s: (s.colspan.start, s.rowspan.start))
+    panels = [ax for _, ax in sorted(zip(map(key, specs), panels), key=lambda t: t[0])]
+    width, height = fig.get_size_inches()
+    panel_w, panel_h = width / cols, height / rows
+    k = max(1, min(int(PHONE_WIDTH_IN // (0.75 * panel_w)), cols if order == "rows" else rows, len(panels)))
+    if order == "columns":  # a desktop column fills whole phone rows: 4 panels go 2 + 2, not 3 + 1
+        k = max(d for d in range(1, k + 1) if rows % d == 0)
+    new_w = min(k * panel_w, PHONE_WIDTH_IN)
+    scale = new_w / (k * panel_w)
+    grid = GridSpec(math.ceil(len(panels) / k), k, figure=fig)
+    for i, ax in enumerate(panels):
+        ax.set_subplotspec(grid[i // k, i % k])
+        if len(ax.get_shared_x_axes().get_siblings(ax)) > 1 or len(ax.get_shared_y_axes().get_siblings(ax)) > 1:
+            ax.tick_params(labelbottom=True, labelleft=True)  # shared axes hid the inner panels' tick labels
+    fig.set_size_inches(new_w, panel_h * scale * math.ceil(len(panels) / k))
+    if not isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine):  # constrained layout redoes itself
+        fig.tight_layout()
+    return True
+
+
+def show_figure(fig, order: str = "rows") -> None:
+    """Display `fig` (and close it). When it is wider than a phone's column holds at MIN_SCALE, the same output also
+    carries `phone_layout(fig, order)` as image/jpeg: Jupyter and Colab rank image/png first, so a live kernel shows
+    the figure as drawn; the book shows the phone layout on narrow screens instead of scrolling sideways."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+    from PIL import Image
+
+    wide = _png(fig)
+    bundle = {"image/png": base64.b64encode(wide).decode(), "text/plain": repr(fig)}
+    if Image.open(io.BytesIO(wide)).width * MIN_SCALE > PHONE_COLUMN_PX and phone_layout(fig, order):
+        bundle["image/jpeg"] = base64.b64encode(_png(fig, "jpeg")).decode()
+    plt.close(fig)
+    display(bundle, raw=True)
 
 
 def pm(values, digits: int = 1, scale: float = 1.0) -> str:

@@ -14,6 +14,9 @@
 - Leaves out the in-place copy of each result table: `nestedlib.style.show_table` shows a table in the cell (so a
   live kernel shows it) wrapped in `<div class="table-in-place">`, and glues it; the page shows it once, where the
   text pastes it with its number and caption. Nothing else the cell shows is touched.
+- Shows a figure's phone layout on phones: `nestedlib.style.show_figure` puts a wide grid of panels into one output
+  twice, as drawn (image/png, what a live kernel shows) and re-laid out in fewer columns (image/jpeg). Both become
+  images of the page, classes layout-wide and layout-narrow, and book.css shows one by the screen's width.
 """
 from collections import Counter
 from pathlib import Path
@@ -117,6 +120,28 @@ class DropInPlaceTables(SphinxTransform):
                 box.parent.remove(box)
 
 
+class PhoneLayouts(SphinxTransform):
+    """A cell output carrying image/png and image/jpeg (nestedlib.style.show_figure) keeps both images: the png as
+    drawn (class layout-wide), the jpeg with the panels in fewer columns (class layout-narrow, same alt text)."""
+
+    default_priority = 200
+
+    def apply(self, **kwargs):
+        for bundle in list(self.document.findall(nodes.container)):
+            if bundle.get("nb_element") != "mime_bundle":
+                continue
+            images = {c.get("mime_type"): c.children[0] for c in bundle.children
+                      if c.children and isinstance(c.children[0], nodes.image)}
+            if not {"image/png", "image/jpeg"} <= set(images):
+                continue
+            wide, narrow = images["image/png"], images["image/jpeg"]
+            wide["classes"].append("layout-wide")
+            narrow["classes"].append("layout-narrow")
+            if wide.get("alt"):
+                narrow["alt"] = wide["alt"]
+            bundle.replace_self([wide.deepcopy(), narrow.deepcopy()])
+
+
 def _visit_result_table(self, node):
     self.visit_figure(node)
 
@@ -134,6 +159,7 @@ def setup(app):
     app.add_enumerable_node(result_table, "table", html=(_visit_result_table, _depart_result_table))
     app.add_transform(ResultTables)
     app.add_transform(DropInPlaceTables)
+    app.add_transform(PhoneLayouts)
     app.connect("config-inited", _static)
     app.connect("html-page-context", _dedupe, priority=900)
     app.connect("doctree-resolved", _unique_ids)
