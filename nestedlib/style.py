@@ -51,11 +51,12 @@ MIN_SCALE = 0.45  # the smallest scale a page shows a figure at (book-figures.js
 PHONE_WIDTH_IN = 4.8  # a phone layout's width: 720 px at 150 dpi, shown at half its size in the phone's column
 
 
-def _png(fig, fmt: str = "png") -> bytes:
+def _image_bytes(fig, fmt: str = "png") -> bytes:
+    """`fig` saved as the inline backend saves it (tight bounding box, savefig.dpi), as png or jpeg."""
     import io
 
     buf = io.BytesIO()
-    kwargs = {"pil_kwargs": {"quality": 95}} if fmt == "jpeg" else {}
+    kwargs = {"pil_kwargs": {"quality": 90}} if fmt == "jpeg" else {}
     fig.savefig(buf, format=fmt, bbox_inches="tight", facecolor="white", **kwargs)
     return buf.getvalue()
 
@@ -110,10 +111,10 @@ def show_figure(fig, order: str = "rows") -> None:
     from IPython.display import display
     from PIL import Image
 
-    wide = _png(fig)
+    wide = _image_bytes(fig)
     bundle = {"image/png": base64.b64encode(wide).decode(), "text/plain": repr(fig)}
     if Image.open(io.BytesIO(wide)).width * MIN_SCALE > PHONE_COLUMN_PX and phone_layout(fig, order):
-        bundle["image/jpeg"] = base64.b64encode(_png(fig, "jpeg")).decode()
+        bundle["image/jpeg"] = base64.b64encode(_image_bytes(fig, "jpeg")).decode()
     plt.close(fig)
     display(bundle, raw=True)
 

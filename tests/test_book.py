@@ -320,6 +320,13 @@ return [...document.querySelectorAll('.bd-article .cell_output img, .bd-article 
   .map(i => [i.src.split('/').pop(), i.getBoundingClientRect().width, i.naturalWidth, i.parentElement.clientWidth,
              (i.closest('figure') || {}).id || '']);
 """
+# Figures load lazily (book_assets.py: only the layout the screen shows is fetched): load every shown one now.
+LOAD_SHOWN_FIGURES = """
+const done = arguments[arguments.length - 1];
+const shown = [...document.querySelectorAll('.bd-article img')].filter(i => i.offsetParent !== null);
+shown.forEach(i => { i.loading = 'eager'; });
+Promise.all(shown.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; }))).then(() => done(true));
+"""
 MIN_FIGURE_SCALE = 0.4  # 9 pt text at 150 dpi is 18.75 image pixels: at 40 % it is 7.5 CSS px, still legible
 # Image grids whose rows and columns are the figure's two axes (time steps or NFEs against samples), labelled only
 # on the first column and top row: redrawn with fewer columns they would lose that reading, so they scroll sideways.
@@ -334,6 +341,7 @@ def test_figure_labels_stay_legible_on_a_phone(html, phone):
         if "/notebooks/" not in page.as_uri():
             continue
         open_page(phone, page)
+        phone.execute_async_script(LOAD_SHOWN_FIGURES)
         shown = phone.execute_script(FIGURE_SCALES)
         name = str(page.relative_to(html))
         small = [(src, round(w), natural) for src, w, natural, _, _ in shown if w < MIN_FIGURE_SCALE * natural]

@@ -114,7 +114,8 @@ def test_a_built_figure_carries_both_layouts_under_one_caption(built_page):
     assert figure, built_page[-3000:]
     images = re.findall(r"<img[^>]*>", figure[0])
     assert len(images) == 2 and "layout-wide" in images[0] and "layout-narrow" in images[1], images
-    assert all('alt="Ten line plots."' in i for i in images) and figure[0].count("caption-number") == 1
+    assert all('alt="Ten line plots."' in i and 'loading="lazy"' in i for i in images)
+    assert figure[0].count("caption-number") == 1
 
 
 def grid_figure(rows: int, cols: int, panel_in: float = 2.0):

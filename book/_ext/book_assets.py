@@ -139,6 +139,7 @@ class PhoneLayouts(SphinxTransform):
             narrow["classes"].append("layout-narrow")
             if wide.get("alt"):
                 narrow["alt"] = wide["alt"]
+            wide["loading"] = narrow["loading"] = "lazy"  # the browser fetches only the one the screen shows
             bundle.replace_self([wide.deepcopy(), narrow.deepcopy()])
 
 
