@@ -61,11 +61,23 @@ def _image_bytes(fig, fmt: str = "png") -> bytes:
     return buf.getvalue()
 
 
+def _label_from(label, others) -> None:
+    """Give an empty axis label or title the text and style of the first non-empty one of `others`."""
+    if label.get_text():
+        return
+    source = next((o for o in others if o.get_text()), None)
+    if source is not None:  # not Text.update_from: that also copies the other panel's transform
+        label.set_text(source.get_text())
+        label.set_fontproperties(source.get_fontproperties())
+        label.set(color=source.get_color(), rotation=source.get_rotation(), ha=source.get_ha(), va=source.get_va())
+
+
 def phone_layout(fig, order: str = "rows") -> bool:
     """Re-lay `fig`'s grid of panels out for a phone, in place: k columns (as many as fit PHONE_WIDTH_IN with each
     panel at 75 % of its width or more), the panels taken row by row (order="rows") or column by column
-    (order="columns": a desktop column, e.g. one NFE, becomes whole phone rows). False when the figure is not one grid of
-    single-cell panels (then it is left as it is)."""
+    (order="columns": a desktop column, e.g. one NFE, becomes whole phone rows). A panel without an x label, y label
+    or title takes its desktop column's x label and title and its row's y label, which the desktop grid wrote once.
+    False when the figure is not one grid of single-cell panels (then it is left as it is)."""
     import math
 
     from matplotlib.gridspec import GridSpec
@@ -79,6 +91,11 @@ def phone_layout(fig, order: str = "rows") -> bool:
             len(s.rowspan) > 1 or len(s.colspan) > 1 for s in specs):
         return False  # colour bars, insets or panels spanning cells: no safe way to move them
     rows, cols = specs[0].get_gridspec().get_geometry()
+    at = {(s.rowspan.start, s.colspan.start): ax for s, ax in zip(specs, panels)}
+    for (r, c), ax in at.items():  # labels a desktop grid writes once per row or column go on every moved panel
+        _label_from(ax.xaxis.label, [at[i, c].xaxis.label for i in range(rows - 1, -1, -1) if (i, c) in at])
+        _label_from(ax.yaxis.label, [at[r, j].yaxis.label for j in range(cols) if (r, j) in at])
+        _label_from(ax.title, [at[i, c].title for i in range(rows) if (i, c) in at])
     key = (lambda s: (s.rowspan.start, s.colspan.start)) if order == "rows" else (
         lambda s: (s.colspan.start, s.rowspan.start))
     panels = [ax for _, ax in sorted(zip(map(key, specs), panels), key=lambda t: t[0])]

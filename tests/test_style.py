@@ -184,6 +184,26 @@ def test_phone_layout_puts_the_panels_in_fewer_columns(order, expected):
     assert all(ax.yaxis.get_tick_params()["labelleft"] for ax in axes.flat)  # shared y: every panel labelled again
 
 
+@pytest.mark.filterwarnings("error")  # e.g. tight_layout failing on a label placed by another panel
+def test_phone_layout_labels_every_moved_panel():
+    """A grid labelled once per row and column (x labels at the bottom, y labels on the left, titles on top) keeps
+    every panel readable on its own once the panels move."""
+    fig, axes = grid_figure(2, 3, panel_in=2.4)
+    for ax in axes.flat:
+        ax.set_title("")
+    for c in range(3):
+        axes[0, c].set_title(f"task {c}")
+        axes[1, c].set_xlabel("NFE")
+    for r in range(2):
+        axes[r, 0].set_ylabel(f"measure {r}", fontsize=7)
+    assert style.phone_layout(fig, order="columns")
+    for r in range(2):
+        for c in range(3):
+            ax = axes[r, c]
+            assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == (f"task {c}", "NFE", f"measure {r}")
+            assert ax.yaxis.label.get_fontsize() == 7
+
+
 def test_phone_layout_leaves_a_colour_bar_figure_alone():
     fig, axes = grid_figure(1, 4)
     fig.colorbar(axes[0, 0].imshow([[0, 1]]), ax=axes[0, -1])
