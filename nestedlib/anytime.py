@@ -71,7 +71,7 @@ def quality_curve(model, process: Diffusion, seed: int, reference, labels: torch
     """Q at every preview of one run of `process` on `model`'s batch (sample i draws from stream (seed, i)), and Q
     of the starting noise x_T: {"nfe", "log_fid", "accuracy", "nothing": {"log_fid", "accuracy"}}.
 
-    `reference` is a `metrics.Reference` (held-out digits); accuracy needs the requested `labels`."""
+    `reference` is a `metrics.Judge` (held-out digits); accuracy needs the requested `labels`."""
     decode = decode or model.decode
     n = model.shape[0]
     generators = sample_generators(seed, range(n))

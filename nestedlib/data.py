@@ -282,6 +282,49 @@ def emoji_index(split: Split = "train", skin_tones: bool = False) -> list[dict]:
     return out
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# A dataset by name: what a judge compares with (its held-out part) and how generated sets ask for classes
+# ----------------------------------------------------------------------------------------------------------------
+
+DATASETS = {"mnist": mnist, "digits8": digits8, "emoji": emoji}  # the registry's judges name one (ModelInfo.data)
+
+
+def split(dataset: str, part: Split = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """The named dataset's part, (images, labels): `split("emoji", "heldout")` is `emoji("heldout")`."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; the bundled judges read one of {', '.join(DATASETS)}")
+    return DATASETS[dataset](part)
+
+
+@functools.lru_cache(maxsize=None)
+def _heldout_labels(dataset: str) -> torch.Tensor:
+    """The held-out part's labels, read once per process (the sweep asks for them per micro-batch)."""
+    return split(dataset, "heldout")[1]
+
+
+def is_balanced(dataset: str) -> bool:
+    """Whether the held-out part holds every class equally often (MNIST: 100 of each digit; emoji: no), so that
+    `label_plan` asks for class i % classes and a floor draws n / classes training images of each class."""
+    counts = torch.bincount(_heldout_labels(dataset))
+    return bool((counts == counts[0]).all())
+
+
+def label_plan(dataset: str, n: int) -> torch.Tensor:
+    """The classes asked for by generated samples 0..n-1, in the held-out part's class proportions (FID also
+    measures proportions, so a generated set must hold the classes as the reference set does). A class-balanced
+    held-out part (MNIST: 100 of each digit) gives sample i class i % classes; any other (emoji: 85 to 386 per
+    category, a quarter of each) gives sample i the label of held-out picture (i * 9973) mod N, a fixed stride
+    through it (9973 is prime, so every held-out label once per N samples, the classes interleaved)."""
+    if n < 0:
+        raise ValueError(f"n must be a number of samples (0 or more), got {n}")
+    y = _heldout_labels(dataset)
+    if is_balanced(dataset):
+        return torch.arange(n) % (int(y.max()) + 1)
+    if len(y) % 9973 == 0:
+        raise ValueError(f"a held-out part of {len(y)} pictures is a multiple of the stride 9973")
+    return y[(torch.arange(n) * 9973) % len(y)]
+
+
 if __name__ == "__main__":  # python -m nestedlib.data emoji: build the emoji array (scripts/fetch_emoji.sh runs it)
     import sys
     import time

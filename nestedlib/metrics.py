@@ -226,9 +226,6 @@ class Judge:
         return out
 
 
-Reference = Judge  # its former name (nestedlib.anytime and the anytime chapter's tests still say Reference)
-
-
 @torch.no_grad()
 def predict(classifier: nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """Predicted class argmax_c p(c | x) of each image, (N,)."""
@@ -261,25 +258,30 @@ def distances(classifier: nn.Module, real: torch.Tensor, fakes: dict, seed: int 
 
 
 def real_floor(classifier: nn.Module, n: int = 1000, seed: int = 0, n_real: int | None = None,
-               balanced: bool = False) -> dict[str, float]:
-    """Real-vs-real floor: FID/KID of n training digits (seeded draw) vs n_real held-out digits (default n).
+               balanced: bool = False, dataset: str = "mnist") -> dict[str, float]:
+    """Real-vs-real floor: FID/KID of n training images (seeded draw) vs n_real held-out images (default n) of
+    `dataset` (`data.split`: "mnist" for mnist-classifier, "emoji" for emoji-classifier; the registry's judges name
+    theirs in `ModelInfo.data`).
 
-    Give n_real the size of the reference set that the generated digits were compared with (all 1,000 held-out
+    Give n_real the size of the reference set that the generated images were compared with (all 1,000 held-out
     digits in the sweep): FID's small-sample bias depends on both set sizes, so the floor must match both.
-    balanced=True draws n / 10 training digits of each class, as generated sets whose sample i asks for digit
-    i % 10 hold them; a random draw of a few dozen digits is unbalanced, which puts its "floor" above such sets."""
+    balanced=True draws n / classes training images of each class, as generated sets whose sample i asks for class
+    i % classes hold them; a random draw of a few dozen images is unbalanced, which puts its "floor" above such
+    sets."""
     n_real = n if n_real is None else n_real
-    device = next(classifier.parameters()).device  # the digits go where the classifier is
-    (x_train, y_train), x_held = data.mnist("train"), data.mnist("heldout")[0].to(device)
+    device = next(classifier.parameters()).device  # the images go where the classifier is
+    (x_train, y_train), x_held = data.split(dataset, "train"), data.split(dataset, "heldout")[0].to(device)
     if not (2 <= n <= len(x_train) and 2 <= n_real <= len(x_held)):
-        raise ValueError(f"real_floor compares n = {n} of the {len(x_train)} training digits with n_real = {n_real} "
-                         f"of the {len(x_held)} held-out digits; pick sizes within those (at least 2)")
-    if balanced and n % 10:
-        raise ValueError(f"a balanced floor draws n / 10 digits of each class; n = {n} is not a multiple of 10")
+        raise ValueError(f"real_floor compares n = {n} of the {len(x_train)} training images of {dataset} with "
+                         f"n_real = {n_real} of its {len(x_held)} held-out images; pick sizes within those (at least 2)")
+    classes = int(y_train.max()) + 1
+    if balanced and n % classes:
+        raise ValueError(f"a balanced floor draws n / {classes} images of each class of {dataset}; n = {n} is not a "
+                         f"multiple of {classes}")
     g = torch.Generator().manual_seed(seed)
     if balanced:
-        pick = torch.cat([torch.nonzero(y_train == c).flatten()[torch.randperm(int((y_train == c).sum()), generator=g)[: n // 10]]
-                          for c in range(10)])
+        pick = torch.cat([torch.nonzero(y_train == c).flatten()[torch.randperm(int((y_train == c).sum()), generator=g)
+                                                                [: n // classes]] for c in range(classes)])
     else:
         pick = torch.randperm(len(x_train), generator=g)[:n]
     a = x_train[pick].to(device)

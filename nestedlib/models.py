@@ -56,6 +56,7 @@ class ModelInfo:
     latents: str | None = None  # latent family: the VAE whose latents it samples (None: it samples pixels)
     preview_decoders: str | None = None  # the registry entry of cheap decoders fitted to those latents, if any
     judge: str | None = None  # the classifier that reads its samples (accuracy, FID features), if any
+    data: str | None = None  # a judge: the dataset whose held-out part is its reference set (nestedlib.data.split)
     presets: tuple[str, ...] = ()  # the sampler presets it supports (samplers: both)
 
     def __post_init__(self):
@@ -108,7 +109,7 @@ REGISTRY: dict[str, ModelInfo] = {
         ModelInfo("mnist-vae", "bundled", "latent autoencoder 1x32x32 -> 4x8x8 shared by mnist-dit and mnist-sd",
                   load_vae, key="vae"),
         ModelInfo("mnist-classifier", "bundled", "evaluation classifier (accuracy and FID features)",
-                  load_classifier, key="classifier"),
+                  load_classifier, key="classifier", data="mnist"),
         ModelInfo("mnist-tiny-decoder", "bundled", "cheap preview decoders of mnist-vae latents: a least-squares "
                   "linear map and a distilled tiny conv decoder", load_preview_decoders, key="tiny-decoder",
                   latents="mnist-vae"),
@@ -118,7 +119,8 @@ REGISTRY: dict[str, ModelInfo] = {
         ModelInfo("emoji-vae", "bundled", "latent autoencoder 3x32x32 -> 4x8x8 of the colour emoji", load_vae,
                   key="emoji-vae"),
         ModelInfo("emoji-classifier", "bundled", "category classifier of 32x32 colour emoji (accuracy and FID "
-                  "features of emoji-dit)", load_classifier, key="emoji-classifier", classes=EMOJI_CLASSES),
+                  "features of emoji-dit)", load_classifier, key="emoji-classifier", classes=EMOJI_CLASSES,
+                  data="emoji"),
         ModelInfo("facebook/DiT-XL-2-256", "hub", "DiT-XL/2 at 256 px on ImageNet (the paper's model)",
                   load_dit_pipeline, family="dit", stand_in="mnist-dit", guidance=1.5, classes=1000, null_class=1000,
                   latents="stabilityai/sd-vae-ft-ema", **_SAMPLER),

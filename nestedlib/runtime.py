@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -81,3 +83,40 @@ def save_results(out_dir: str | Path, parameters: dict[str, Any], **results: Any
     path = out / "results.json"
     path.write_text(json.dumps(record, indent=2))
     return path
+
+
+def provenance(root: str | Path) -> dict:
+    """The code a script runs: {"commit": HEAD of the checkout at `root`, with '+dirty' when files differ from it,
+    "modified": the changed or untracked files (git status --porcelain)}, or commit "unknown" outside a checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown", "modified": []}
+    modified = [line[3:] for line in status.stdout.splitlines() if line.strip()]
+    return {"commit": head.stdout.strip() + ("+dirty" if modified else ""), "modified": modified}
+
+
+def check_clean(root: str | Path, allow_dirty: bool, script: str) -> dict:
+    """provenance(root), or exit with what to do when the tree has uncommitted changes and allow_dirty is False: a
+    committed result must name a commit that regenerates it."""
+    code = provenance(root)
+    if code["modified"] and not allow_dirty:
+        shown = ", ".join(code["modified"][:8]) + (", ..." if len(code["modified"]) > 8 else "")
+        sys.exit(f"{script}: the working tree has uncommitted changes ({shown}), so no commit would regenerate "
+                 "these results. Commit (or stash) them and run again, or pass --allow-dirty to run anyway; the "
+                 "results then record the commit as '<commit>+dirty' with the list of changed files.")
+    return code
+
+
+def machine(device: str | torch.device = "cpu") -> dict:
+    """Where a result was computed: host, CPU model, core count, GPU, platform and torch version."""
+    device = torch.device(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"host": socket.gethostname(), "cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu,
+            "platform": platform.platform(), "torch": torch.__version__}

@@ -3,6 +3,7 @@
 * ``show_table(name, df)``: a chapter's result table (a pandas DataFrame), shown in place in a live kernel and handed
   to the book, which places it with ``{glue:figure}`` and ``:figclass: result-table`` as a numbered, captioned table
   and leaves the in-place copy out (book/_ext/book_assets.py).
+* ``glue(name, value)``: a number or a phrase handed to the page's text (``{glue:text}``).
 * ``pm(values)``: "mean ± sd" over seeds, the form every table cell takes.
 * ``colour(sampler)``: vanilla red, Nested Diffusion blue, the inner process green, in every chapter's figures.
 * ``setup_figures()``: figures at 150 dpi with fonts that stay legible when a page scales them down.
@@ -164,7 +165,20 @@ def show_table(name: str, df, index: bool = True) -> None:
              "text/plain": bundle.get("text/plain", "")}
     display(shown, raw=True)
     try:
-        from myst_nb import glue
+        from myst_nb import glue as _glue
     except ImportError:  # Colab or a Jupyter without the book's tools: nothing to hand over
         return
-    glue(name, table, display=False)  # a record no frontend shows (its mime types carry myst-nb's prefix)
+    _glue(name, table, display=False)  # a record no frontend shows (its mime types carry myst-nb's prefix)
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """Hand a number or a phrase to the page's text (myst-nb's glue, as a plain int, float or str: `{glue:text}`), or
+    print it where myst-nb is not installed (e.g. Colab)."""
+    if not isinstance(value, str):
+        value = int(value) if isinstance(value, (int, np.integer)) else float(value)
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        print(f"{name} = {value}")
+        return
+    _glue(name, value, display=display)

@@ -1,7 +1,8 @@
 """Table 1's sampling rules, shared by `scripts/sweep.py` (the committed sweeps) and the Table 1 chapter.
 
 A cell of Table 1 is n samples of one (budget, seed). Sample i asks for class i % classes (the bundled DiT: digit
-i % 10, so 100 samples hold 10 of each digit) and draws its noise from its own stream (`sample_generators(seed, [i])`).
+i % 10, so 100 samples hold 10 of each digit), or, for a judge whose held-out part is not class-balanced (emoji), a
+class in that part's proportions (`data.label_plan`), and draws its noise from its own stream (`sample_generators(seed, [i])`).
 The samples are cut into fixed micro-batches of consecutive indices, so that every network and decoder call sees the
 same batch whatever the number of processes; each micro-batch runs both of the paper's samplers
 (`pipelines.paper_samplers`: vanilla with `budget` steps, nested with `outer` outer steps of budget / outer inner steps)
@@ -15,6 +16,7 @@ import threading
 
 import torch
 
+from . import data
 from .sampling import Result, run, sample_generators
 
 
@@ -23,9 +25,16 @@ def chunks(n: int, batch: int) -> list[range]:
     return [range(lo, min(lo + batch, n)) for lo in range(0, n, batch)]
 
 
-def labels_of(indices, classes: int) -> list[int]:
-    """Sample i asks for class i % classes: it depends on the index only, balanced over the classes."""
-    return [i % classes for i in indices]
+def labels_of(indices, classes: int, dataset: str | None = None) -> list[int]:
+    """Sample i asks for class i % classes, or, given the judge's dataset, the class `data.label_plan` gives it (the
+    held-out part's proportions; i % classes again for MNIST's balanced one): it depends on the index only."""
+    indices = list(indices)
+    if dataset is None or not indices:
+        return [i % classes for i in indices]
+    plan = data.label_plan(dataset, max(indices) + 1)
+    if int(plan.max()) >= classes:
+        raise ValueError(f"the held-out part of {dataset} holds class {int(plan.max())}, beyond the model's {classes}")
+    return [int(plan[i]) for i in indices]
 
 
 class PrefetchedStreams(list):

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,29 +45,19 @@ def specs_of(args) -> list[str]:
     return list(dict.fromkeys(specs))
 
 
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
     from tqdm.auto import tqdm
 
-    from nestedlib import anytime, data, metrics, models
+    from nestedlib import anytime, data, metrics, models, runtime
     from nestedlib.pipelines import prepare
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.exists() else {"curves": {}, "floors": {}}
     record["parameters"] = {**vars(args), "model": "mnist-dit", "preset": "paper"}
-    record["environment"] = {"commit": commit(), "machine": platform.processor() or platform.machine(),
+    record["environment"] = {"commit": runtime.provenance(ROOT)["commit"], "machine": runtime.machine()["cpu"],
                              "torch": torch.__version__, "threads": args.threads}
     clf = models.load("mnist-classifier")
     reference = metrics.Judge(clf, data.mnist("heldout")[0])  # held-out features once

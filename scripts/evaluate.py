@@ -359,26 +359,10 @@ def evaluate_tiny_decoder(n: int, seed: int) -> tuple[dict, torch.Tensor]:
 EMOJI_CLASSES = models.EMOJI_CLASSES
 
 
-def emoji_labels(n: int) -> torch.Tensor:
-    """n requested categories in the held-out part's proportions (its labels in a fixed stride order), so that a
-    generated set and the reference set hold the classes alike (FID also measures class proportions)."""
-    _, y_he = data.emoji("heldout")
-    return y_he[(torch.arange(n) * 9973) % len(y_he)]  # 9973 is prime to 946: every held-out label once per 946
-
-
 def emoji_floor(clf, n: int, seed: int, balanced: bool = False) -> dict:
-    """Real-vs-real floor of the emoji judge: FID/KID of n training pictures (seeded draw; balanced: n / 9 per
-    class) against the whole held-out part (946 pictures of unseen emoji), in the judge's feature space."""
-    (x_tr, y_tr), (x_he, _) = data.emoji("train"), data.emoji("heldout")
-    g = torch.Generator().manual_seed(seed)
-    if balanced:
-        pick = torch.cat([torch.nonzero(y_tr == c).flatten()[torch.randperm(int((y_tr == c).sum()), generator=g)]
-                          [: n // EMOJI_CLASSES] for c in range(EMOJI_CLASSES)])
-    else:
-        pick = torch.randperm(len(x_tr), generator=g)[:n]
-    s = metrics.Judge(clf, x_he).scores(x_tr[pick], seed=seed)
-    return {"fid": s["fid"], "kid": s["kid"], "kid_std": s["kid_std"], "n": len(pick), "n_real": len(x_he),
-            **({"balanced": True} if balanced else {})}
+    """Real-vs-real floor of the emoji judge: n training pictures against the whole held-out part (946 pictures of
+    unseen emoji), as the generated sets are compared with it (`metrics.real_floor` on "emoji")."""
+    return metrics.real_floor(clf, n, seed, n_real=len(data.emoji("heldout")[1]), balanced=balanced, dataset="emoji")
 
 
 def evaluate_emoji_classifier(n: int, seed: int) -> tuple[dict, torch.Tensor]:
@@ -424,7 +408,7 @@ def evaluate_emoji_dit(n: int, seed: int, steps: int = 250, guidance: float = mo
     """n guided samples in the held-out class proportions by the book's vanilla DDPM with the learned variance,
     judged by emoji-classifier against the held-out emoji; the same with DDIM-50 unguided as a second point."""
     clf, pipe = models.load("emoji-classifier"), models.load("emoji-dit", device=device)
-    labels = emoji_labels(n)
+    labels = data.label_plan("emoji", n)  # the held-out class proportions
     t0 = time.perf_counter()
     imgs = dit_samples(pipe, labels.to(device), steps, guidance, torch.Generator().manual_seed(seed)).cpu()
     wall = time.perf_counter() - t0
@@ -462,8 +446,8 @@ CARD_INTRO = {
                         "on 3x32x32, width 48): it reads one of 9 categories. Its penultimate 128-d layer is the "
                         "feature space of the emoji FID/KID, its predictions the class accuracy of generated emoji. "
                         "It is tested on emoji it never saw in either vendor's drawing. " + EMOJI_CREDIT,
-    "emoji-vae": "Latent autoencoder (diffusers `AutoencoderKL`, block_out_channels (32, 64, 128), 2 layers per "
-                 "block) mapping 3x32x32 colour emoji to 4x8x8 latents, with per-channel latent normalisation folded "
+    "emoji-vae": "Latent autoencoder (diffusers `AutoencoderKL`, block_out_channels (32, 64, 64), 1 layer per "
+                 "block, 0.95M parameters: sized for the one CPU thread it trained on) mapping 3x32x32 colour emoji to 4x8x8 latents, with per-channel latent normalisation folded "
                  "into `quant_conv`/`post_quant_conv` as mnist-vae (statistics in `latent_stats.json`). "
                  + EMOJI_CREDIT,
     "emoji-dit": "Class-conditional latent DiT (diffusers `DiTTransformer2DModel`, 4 heads x 48, 6 layers, patch 2) "
@@ -554,6 +538,13 @@ def write_card(name: str, m: dict, folder: Path) -> Path:
     on = f" --device {m['device']}" if m.get("device", "cpu") != "cpu" else ""
     on += f" --n {m['n']}" if m.get("n", 1000) != 1000 else ""  # the options that were not the defaults
     on += f" --seed {m['seed']}" if m.get("seed", 0) != 0 else ""
+    fid = m.get("fid_vs_heldout", m.get("fid"))
+    floor = m.get("real_floor", {}).get("fid") if isinstance(m.get("real_floor"), dict) else None
+    if fid is not None and floor:  # a sampler: how far its samples are from real images, in the judge's features
+        lines += ["## Distance to real images", "",
+                  f"FID of {m.get('n', '?')} samples against the held-out images: {fid:.1f}; the real-vs-real floor "
+                  f"(as many training images against the same held-out ones): {floor:.1f}. The samples are "
+                  f"{fid / floor:.2f}x the floor ({fid - floor:+.1f}).", ""]
     lines += ["## Metrics", "", f"Measured by `python scripts/evaluate.py {key}{on}`:", "", "```json",
               json.dumps(m, indent=1), "```", "", "## Samples", "", CAPTIONS[name], "", "![samples](samples.png)", ""]
     path = folder / "MODEL_CARD.md"

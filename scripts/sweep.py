@@ -17,7 +17,7 @@ from a working tree with uncommitted changes unless given --allow-dirty (then th
 that a committed result names a commit that regenerates it.
 
 Samples are reproducible one by one (`nestedlib.sweep`, shared with the Table 1 chapter): sample i of seed s has
-label i % 10 and draws its noise from its own stream (`sample_generators(s, [i])`), and the samples are cut into fixed
+label i % 10 (emoji-dit: a label in the held-out part's class proportions, `data.label_plan`) and draws its noise from its own stream (`sample_generators(s, [i])`), and the samples are cut into fixed
 micro-batches of --batch consecutive indices, so every network and decoder call sees the same batch whatever the
 number of processes. Under torchrun (torch.distributed: gloo on CPU, NCCL on GPU) rank r samples micro-batches
 r, r + K, ...; rank 0 gathers the images, computes the metrics and writes OUT/results.json. 1 and K processes therefore give identical numbers, given the
@@ -25,17 +25,15 @@ same threads per process (the VAE's convolutions round differently with another 
 FID). torchrun runs 1 thread per process; on a shared CPU that is also far faster than 1 process of several threads,
 whose OpenMP threads wait for each other whenever another user holds a core.
 
-Metrics (`nestedlib.metrics.Judge`, in the bundled classifier's feature space; --judges adds others) compare the n
-samples of a cell with the 1,000 held-out MNIST digits, whose features are computed once per judge; the real-vs-real
-floor (n training digits against the same 1,000 held-out ones) is written beside them.
+Metrics (`nestedlib.metrics.Judge`, in the feature space of the model's judge, its registry entry's `judge`; --judges
+adds others) compare the n samples of a cell with the judge's held-out images (the 1,000 held-out MNIST digits; for
+emoji-dit the 946 pictures of unseen emoji), whose features are computed once per judge; the real-vs-real floor (n
+training images against the same held-out ones) is written beside them.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -92,10 +90,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     from nestedlib import models
 
-    supported = models.names(family="dit", judge="mnist-classifier")  # the registry's class-conditional digit models
+    supported = sweepable()
     if args.model not in supported:
-        ap.error(f"--model {args.model}: the sweep's metrics read digits through mnist-classifier, so it supports "
-                 f"{', '.join(supported)} (DiT-XL/2 needs Inception FID, which is for online GPU users)")
+        ap.error(f"--model {args.model}: the sweep judges samples with a bundled classifier and its held-out images, "
+                 f"so it supports {', '.join(supported)} (DiT-XL/2 needs Inception FID, which is for online GPU users)")
     if args.outer < 1:
         ap.error(f"--outer must be a positive number of outer steps, got {args.outer}")
     for b in args.budgets:
@@ -188,12 +186,27 @@ def chunks(n: int, batch: int) -> list[range]:
     return sweep.chunks(n, batch)
 
 
+def sweepable() -> tuple[str, ...]:
+    """The registry's class-conditional DiTs whose judge is a bundled classifier with a dataset (its reference set)."""
+    from nestedlib import models
+
+    return tuple(m for m in models.names(family="dit") if models.info(m).judge
+                 and models.info(models.info(m).judge).data is not None)
+
+
+def dataset_of(model: str) -> str:
+    """The dataset of the model's judge: its held-out part is the reference set, its training part the floor's."""
+    from nestedlib import models
+
+    return models.info(models.info(model).judge).data
+
+
 def labels_of(indices: range, model: str = "mnist-dit") -> list[int]:
-    """Sample i asks for class i % classes of the model's registry entry (`nestedlib.sweep.labels_of`): 100 samples
-    of mnist-dit hold 10 of each digit."""
+    """Sample i's class (`nestedlib.sweep.labels_of` with the judge's dataset): i % 10 for the digit models (100
+    samples hold 10 of each digit), the held-out proportions for emoji-dit."""
     from nestedlib import models, sweep
 
-    return sweep.labels_of(indices, models.info(model).classes)
+    return sweep.labels_of(indices, models.info(model).classes, dataset_of(model))
 
 
 class Sampler:
@@ -290,42 +303,6 @@ def cell_rows(parts: list[dict], budget: int, seed: int, args, judges: dict, bar
     return rows
 
 
-def provenance() -> dict:
-    """The code the sweep runs: {"commit": HEAD, with '+dirty' when files differ from it, "modified": the changed or
-    untracked files (git status --porcelain), or commit "unknown" outside a git checkout}."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": "unknown", "modified": []}
-    modified = [line[3:] for line in status.stdout.splitlines() if line.strip()]
-    return {"commit": head.stdout.strip() + ("+dirty" if modified else ""), "modified": modified}
-
-
-def check_clean(allow_dirty: bool) -> dict:
-    """provenance(), or exit with what to do when the tree has uncommitted changes and allow_dirty is False."""
-    code = provenance()
-    if code["modified"] and not allow_dirty:
-        shown = ", ".join(code["modified"][:8]) + (", ..." if len(code["modified"]) > 8 else "")
-        sys.exit(f"scripts/sweep.py: the working tree has uncommitted changes ({shown}), so no commit would regenerate "
-                 "these results. Commit (or stash) them and run again, or pass --allow-dirty to run anyway; the "
-                 "results then record the commit as '<commit>+dirty' with the list of changed files.")
-    return code
-
-
-def machine(device) -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"host": socket.gethostname(), "cpu": cpu, "cpu_count": os.cpu_count(), "gpu": gpu,
-            "platform": platform.platform(), "torch": torch.__version__}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The sweep
 # ----------------------------------------------------------------------------------------------------------------
@@ -333,7 +310,9 @@ def machine(device) -> dict:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
-    code = check_clean(args.allow_dirty)  # before any work: every rank sees the same tree
+    from nestedlib import runtime
+
+    code = runtime.check_clean(ROOT, args.allow_dirty, "scripts/sweep.py")  # before any work: every rank sees the same tree
     wall = time.perf_counter()
     import torch
     from tqdm.auto import tqdm
@@ -347,8 +326,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     mine = cells[dist.rank :: dist.world]
     lead = dist.rank == 0
     if lead:
-        real = data.mnist("heldout")[0].to(dist.device)  # metrics run where the samples were drawn
-        clf = models.load("mnist-classifier", device=dist.device)
+        dataset = dataset_of(args.model)
+        real = data.split(dataset, "heldout")[0].to(dist.device)  # metrics run where the samples were drawn
+        clf = models.load(models.info(args.model).judge, device=dist.device)
         # one judge per feature space, the held-out digits' features computed once each
         judges = {name: metrics.Judge(clf, real, name) for name in dict.fromkeys(["classifier", *args.judges])}
     clock = {"sampling_s": 0.0, "decode_s": 0.0, "gather_s": 0.0, "metrics_s": 0.0, "image_nfe": 0,
@@ -372,10 +352,12 @@ def main(argv: list[str] | None = None) -> dict | None:
                     clock["metrics_s"] += time.perf_counter() - start
         if lead:
             start = time.perf_counter()
-            # the cells compare n samples with all held-out digits; the floor compares as many training digits
-            # (at most the 4,000 there are: above that it overstates the floor a little) with the same held-out set
-            n_floor = min(args.n, len(data.mnist("train")[0]))
-            floors = [{"seed": s, **metrics.real_floor(clf, n_floor, seed=s, n_real=len(real))} for s in args.seeds]
+            # the cells compare n samples with all held-out images; the floor compares as many training images
+            # (at most the 4,000 digits or 2,866 emoji there are: above that it overstates the floor a little) with
+            # the same held-out set
+            n_floor = min(args.n, len(data.split(dataset, "train")[0]))
+            floors = [{"seed": s, **metrics.real_floor(clf, n_floor, seed=s, n_real=len(real), dataset=dataset)}
+                      for s in args.seeds]
             clock["metrics_s"] += time.perf_counter() - start
     clock["wall_s"] = time.perf_counter() - wall
     clocks = dist.gather(clock)
@@ -386,12 +368,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     sampling = max(c["sampling_s"] + c["decode_s"] for c in clocks)  # the slowest rank bounds the phase
     image_nfe = sum(c["image_nfe"] for c in clocks)
     parameters = {k: v for k, v in vars(args).items() if k not in ("device", "allow_dirty")}
-    parameters.update(guidance=sampler.guidance, labels="sample i: digit i % 10" if not args.unconditional else
-                      "null class", noise="sample_generators(seed, [i]) per sample", real="MNIST held-out (1,000)")
+    dataset = dataset_of(args.model)
+    law = "digit i % 10" if dataset == "mnist" else "data.label_plan (held-out class proportions)"
+    parameters.update(guidance=sampler.guidance, labels=f"sample i: {law}" if not args.unconditional else
+                      "null class", noise="sample_generators(seed, [i]) per sample",
+                      real=f"{'MNIST' if dataset == 'mnist' else dataset} held-out ({len(data.split(dataset, 'heldout')[1]):,})")
     path = save_results(
         args.out, parameters, rows=rows, floor=floors, model=args.model, commit=code["commit"],
         modified_files=code["modified"],
-        processes=dist.world, threads=torch.get_num_threads(), device=str(dist.device), machine=machine(dist.device),
+        processes=dist.world, threads=torch.get_num_threads(), device=str(dist.device), machine=runtime.machine(dist.device),
         time={"wall_s": clocks[0]["wall_s"], "sampling_s": [c["sampling_s"] for c in clocks],
               "decode_s": [c["decode_s"] for c in clocks], "gather_s": [c["gather_s"] for c in clocks],
               "metrics_s": clocks[0]["metrics_s"]},

@@ -132,7 +132,7 @@ def test_sampler_names(dit):
 
 @pytest.fixture(scope="module")
 def reference():
-    return metrics.Reference(models.load("mnist-classifier"), data.mnist("heldout")[0])
+    return metrics.Judge(models.load("mnist-classifier"), data.mnist("heldout")[0])
 
 
 def test_reference_fid_is_metrics_fid(reference):

@@ -144,7 +144,7 @@ def test_real_floor_compares_the_sizes_it_is_given_and_refuses_sizes_it_cannot_d
     # a larger reference set shrinks FID's small-sample bias: the floor a 50-sample cell against all 1,000 held-out
     # digits must be compared with is lower than the 50-vs-50 floor
     assert matched["fid"] < small["fid"]
-    with pytest.raises(ValueError, match="training digits"):
+    with pytest.raises(ValueError, match="training images of mnist"):
         metrics.real_floor(clf, n=5000, n_real=1000)
     with pytest.raises(ValueError, match="held-out"):
         metrics.real_floor(clf, n=10, n_real=1001)
@@ -311,3 +311,19 @@ def test_no_two_modules_import_each_other_directly_or_in_a_circle():
     for mod in sorted(graph):
         visit(mod, [])
     assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_each_judge_names_the_dataset_it_compares_with():
+    for name in models.names():
+        entry = models.info(name)
+        if entry.judge:  # a sampler's judge is a bundled classifier whose dataset the library can load
+            judge = models.info(entry.judge)
+            assert judge.data in data.DATASETS, (name, entry.judge, judge.data)
+    assert (models.info("mnist-classifier").data, models.info("emoji-classifier").data) == ("mnist", "emoji")
+
+
+def test_generated_digits_ask_for_digit_i_mod_10():
+    # MNIST's held-out part is balanced (100 per digit): its class plan is i % 10, the committed sweeps' labels
+    assert torch.equal(data.label_plan("mnist", 25), torch.arange(25) % 10)
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        data.label_plan("cifar", 3)

@@ -27,6 +27,7 @@ SMALL = {
     "anytime": dict(budget=50, n=20, seeds=[0, 1, 2], samplers=["vanilla", "nested 5x10", "back 5", "geometric 5"]),
     "previews": dict(n=20, seeds=[0, 1, 2], total_nfe=50, vanilla_every=10, timing_repeats=3),
     "flow": dict(n=20, seeds=[0, 1, 2], budgets=[50], n_toy=3000),
+    "table1_emoji": dict(n=20, seeds=[0, 1, 2], budgets=[100], tradeoff_outer=[1, 5], grid_images=4),
 }
 
 
