@@ -6,7 +6,8 @@ and this module supplies what follows from it: the committed `scripts/sweep.py` 
 as Table 1, the in-book run's labels (`sweep.labels_of` with the judge's dataset), judges (`metrics.Judge` against
 the judge's held-out images) and floors, the decoded previews every chart reads, and the strength of the anytime
 effect. The chapters keep the sampler calls themselves (`sweep.sample_batch`, `paper_samplers`, `run`) in view;
-this module collects, scores and lays out what those calls return.
+this module collects, scores and lays out what those calls return. Its figure functions return the figure and leave
+showing it to the chapter (`style.show_figure`, which adds the phone layout).
 
 Rows are dicts with the sweep's columns: budget, percent, nfe, preview_nfe, sampler ("vanilla" or "nested"), seed,
 n, fid, kid, kid_std, class_accuracy and fid_<judge>/kid_<judge> for other feature spaces.

@@ -122,12 +122,19 @@ def test_no_page_shows_a_progress_bar(html):
 
 
 def test_result_tables_are_numbered_and_captioned(html):
-    """Result tables are HTML tables with a number and a caption ("Table 10.2 ..."), not print output."""
+    """Result tables are HTML tables with a number and a caption ("Table 10.2 ..."), not print output, and each is
+    shown once: the copy show_table displays in its cell (for a live kernel) is not in the page."""
     tables = 0
     for page in built_pages(html):
-        for fig in re.findall(r'<figure class="[^"]*result-table[^"]*".*?</figure>', page.read_text(), flags=re.S):
+        text = page.read_text()
+        for fig in re.findall(r'<figure class="[^"]*result-table[^"]*".*?</figure>', text, flags=re.S):
             assert "<table" in fig and re.search(r'class="caption-number">Table \d+\.\d+', fig), fig[:300]
             tables += 1
+        assert "table-in-place" not in text, f"{page.relative_to(html)} shows a table in its cell as well"
+        bodies = Counter(re.sub(r'\s(?:id|class)="[^"]*"', "", b)
+                         for b in re.findall(r"<tbody>.*?</tbody>", text, flags=re.S))
+        repeated = [b[:200] for b, n in bodies.items() if n > 1]
+        assert not repeated, f"{page.relative_to(html)} shows a table twice: {repeated}"
     assert tables >= 10
 
 
@@ -305,28 +312,47 @@ def test_result_tables_fit_the_page_at_1280_px(html, browser):
     assert not clipped, f"tables wider than their box at 1280 px (id, table px, box px): {clipped}"
 
 
-# Output images (figures, not slider frames): (src, shown width, natural width) as laid out now.
+# Output images (figures, not slider frames): (src, shown width, natural width, width of the box holding it, id of
+# its figure) as laid out now.
 FIGURE_SCALES = """
 return [...document.querySelectorAll('.bd-article .cell_output img, .bd-article figure img')]
   .filter(i => !i.closest('.jupyter-widgets, .widget-stack') && i.naturalWidth > 0 && i.offsetParent !== null)
-  .map(i => [i.src.split('/').pop(), i.getBoundingClientRect().width, i.naturalWidth]);
+  .map(i => [i.src.split('/').pop(), i.getBoundingClientRect().width, i.naturalWidth, i.parentElement.clientWidth,
+             (i.closest('figure') || {}).id || '']);
+"""
+# Figures load lazily (book_assets.py: only the layout the screen shows is fetched): load every shown one now.
+LOAD_SHOWN_FIGURES = """
+const done = arguments[arguments.length - 1];
+const shown = [...document.querySelectorAll('.bd-article img')].filter(i => i.offsetParent !== null);
+shown.forEach(i => { i.loading = 'eager'; });
+Promise.all(shown.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; }))).then(() => done(true));
 """
 MIN_FIGURE_SCALE = 0.4  # 9 pt text at 150 dpi is 18.75 image pixels: at 40 % it is 7.5 CSS px, still legible
+# Image grids whose rows and columns are the figure's two axes (time steps or NFEs against samples), labelled only
+# on the first column and top row: redrawn with fewer columns they would lose that reading, so they scroll sideways.
+SCROLLS_ON_A_PHONE = {"fig-diffusion-digits", "fig-inverse-previews"}
 
 
 def test_figure_labels_stay_legible_on_a_phone(html, phone):
     """A wide figure is not shrunk to a phone's width until its labels are 3 px tall: it is shown at 40 % of its
-    size or more (and scrolls sideways in its own box)."""
-    tiny = {}
+    size or more, and (nestedlib.style.show_figure's phone layout) fits the column instead of scrolling sideways."""
+    tiny, scrolling = {}, {}
     for page in built_pages(html):
         if "/notebooks/" not in page.as_uri():
             continue
         open_page(phone, page)
-        small = [(src, round(shown), natural) for src, shown, natural in phone.execute_script(FIGURE_SCALES)
-                 if shown < MIN_FIGURE_SCALE * natural]
+        phone.execute_async_script(LOAD_SHOWN_FIGURES)
+        shown = phone.execute_script(FIGURE_SCALES)
+        name = str(page.relative_to(html))
+        small = [(src, round(w), natural) for src, w, natural, _, _ in shown if w < MIN_FIGURE_SCALE * natural]
+        wide = [(fid or src, round(w), box) for src, w, _, box, fid in shown
+                if w > box + 1 and fid not in SCROLLS_ON_A_PHONE]
         if small:
-            tiny[str(page.relative_to(html))] = small
+            tiny[name] = small
+        if wide:
+            scrolling[name] = wide
     assert not tiny, f"figures shown below {MIN_FIGURE_SCALE:.0%} of their size on a phone: {tiny}"
+    assert not scrolling, f"figures that scroll sideways on a phone (figure, shown px, column px): {scrolling}"
 
 
 def test_every_page_fits_a_phone_and_logs_no_error(html, phone):

@@ -67,6 +67,15 @@ def test_every_chapter_sets_its_threads_before_computing(nb):
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_a_captioned_figure_cell_shows_only_its_figure(nb):
+    """myst-nb captions every displayed output of a cell with figure metadata, under the same name (a duplicate
+    target, so the build fails): a result table (show_table displays it in place) goes in a cell of its own."""
+    for cell in nbformat.read(nb, as_version=4).cells:
+        if cell.cell_type == "code" and "figure" in cell.metadata.get("mystnb", {}):
+            assert "show_table(" not in cell.source, cell.metadata["mystnb"]["figure"].get("name")
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_first_code_cell_sets_the_chapter_up_on_colab(nb):
     """Installs the project from the book's repository when nestedlib is missing (Colab); hidden in the book."""
     import yaml

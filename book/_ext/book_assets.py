@@ -11,6 +11,12 @@
 - Adds book-figures.js: on a phone, a wide figure is shown at 45 % of its size or more and scrolls in its own box.
 - Numbers result tables as tables: a `{glue:figure}` pasting a DataFrame with `:figclass: result-table` becomes a
   `result_table` node, which Sphinx counts apart from figures ("Table 10.1") and `{numref}` cites as a table.
+- Leaves out the in-place copy of each result table: `nestedlib.style.show_table` shows a table in the cell (so a
+  live kernel shows it) wrapped in `<div class="table-in-place">`, and glues it; the page shows it once, where the
+  text pastes it with its number and caption. Nothing else the cell shows is touched.
+- Shows a figure's phone layout on phones: `nestedlib.style.show_figure` puts a wide grid of panels into one output
+  twice, as drawn (image/png, what a live kernel shows) and re-laid out in fewer columns (image/jpeg). Both become
+  images of the page, classes layout-wide and layout-narrow, and book.css shows one by the screen's width.
 """
 from collections import Counter
 from pathlib import Path
@@ -91,6 +97,52 @@ class ResultTables(SphinxTransform):
                     self.document.ids[id_] = table
 
 
+IN_PLACE = '<div class="table-in-place"'  # nestedlib.style.IN_PLACE: a table a live kernel shows in its cell
+
+
+class DropInPlaceTables(SphinxTransform):
+    """Remove the cell outputs that are in-place copies of glued result tables (and a cell output box left empty)."""
+
+    default_priority = 200
+
+    def apply(self, **kwargs):
+        for raw in list(self.document.findall(nodes.raw)):
+            if not raw.astext().lstrip().startswith(IN_PLACE):
+                continue
+            bundle = raw
+            while bundle is not None and bundle.get("nb_element") != "mime_bundle":
+                bundle = bundle.parent
+            if bundle is None or bundle.parent is None:
+                continue
+            box = bundle.parent
+            box.remove(bundle)
+            if "cell_output" in box.get("classes", []) and not box.children:
+                box.parent.remove(box)
+
+
+class PhoneLayouts(SphinxTransform):
+    """A cell output carrying image/png and image/jpeg (nestedlib.style.show_figure) keeps both images: the png as
+    drawn (class layout-wide), the jpeg with the panels in fewer columns (class layout-narrow, same alt text)."""
+
+    default_priority = 200
+
+    def apply(self, **kwargs):
+        for bundle in list(self.document.findall(nodes.container)):
+            if bundle.get("nb_element") != "mime_bundle":
+                continue
+            images = {c.get("mime_type"): c.children[0] for c in bundle.children
+                      if c.children and isinstance(c.children[0], nodes.image)}
+            if not {"image/png", "image/jpeg"} <= set(images):
+                continue
+            wide, narrow = images["image/png"], images["image/jpeg"]
+            wide["classes"].append("layout-wide")
+            narrow["classes"].append("layout-narrow")
+            if wide.get("alt"):
+                narrow["alt"] = wide["alt"]
+            wide["loading"] = narrow["loading"] = "lazy"  # the browser fetches only the one the screen shows
+            bundle.replace_self([wide.deepcopy(), narrow.deepcopy()])
+
+
 def _visit_result_table(self, node):
     self.visit_figure(node)
 
@@ -107,6 +159,8 @@ def _static(app, config):
 def setup(app):
     app.add_enumerable_node(result_table, "table", html=(_visit_result_table, _depart_result_table))
     app.add_transform(ResultTables)
+    app.add_transform(DropInPlaceTables)
+    app.add_transform(PhoneLayouts)
     app.connect("config-inited", _static)
     app.connect("html-page-context", _dedupe, priority=900)
     app.connect("doctree-resolved", _unique_ids)
