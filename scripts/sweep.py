@@ -25,6 +25,11 @@ same threads per process (the VAE's convolutions round differently with another 
 FID). torchrun runs 1 thread per process; on a shared CPU that is also far faster than 1 process of several threads,
 whose OpenMP threads wait for each other whenever another user holds a core.
 
+Long sweeps: with --resume every finished micro-batch is saved under OUT/parts (its decoded previews and the time it
+took), and a run with the same command reads those back instead of sampling them again, so a sweep cut off by the end
+of a session continues in the next one; the numbers are the same as one uninterrupted run's. A part made from another
+commit or with other settings is refused with what differs.
+
 Metrics (`nestedlib.metrics.Judge`, in the feature space of the model's judge, its registry entry's `judge`; --judges
 adds others) compare the n samples of a cell with the judge's held-out images (the 1,000 held-out MNIST digits; for
 emoji-dit the 946 pictures of unseen emoji), whose features are computed once per judge; the real-vs-real floor (n
@@ -78,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
                     help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK, or all ranks on one GPU when there are "
                          "more ranks than GPUs)")
     ap.add_argument("--out", default="runs/sweep", help="folder of results.json (default runs/sweep)")
+    ap.add_argument("--resume", action="store_true",
+                    help="save every finished micro-batch under OUT/parts and reuse the ones already there, so that "
+                         "an interrupted sweep continues where it stopped (from the same commit, same settings and "
+                         "thread count; anything else is refused)")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="run from a working tree with uncommitted changes (recorded as '<commit>+dirty' with the "
                          "changed files); without it the sweep refuses, so that its commit regenerates its results")
@@ -231,7 +240,55 @@ class Sampler:
                          classes=self.entry.classes)
 
 
-def sample_cell(sampler: Sampler, budget: int, seed: int, mine: list[range], args, bar, clock: dict) -> dict:
+class Parts:
+    """--resume: each finished micro-batch of a (budget, seed) in its own file under OUT/parts, with the settings
+    that define it; a file made by another commit or other settings is refused, never mixed in."""
+
+    # what a micro-batch's numbers depend on, beside its budget, seed and indices
+    KEY = ("model", "preset", "guidance", "unconditional", "outer", "percents", "batch")
+
+    def __init__(self, args, code: dict, guidance: float, device):
+        import torch
+
+        self.on = args.resume
+        self.folder = Path(args.out) / "parts"
+        self.key = {**{k: getattr(args, k) for k in self.KEY}, "guidance": guidance, "commit": code["commit"],
+                    "threads": torch.get_num_threads(), "device": torch.device(device).type}
+        self.resumed = 0  # micro-batches read back
+
+    def path(self, budget: int, seed: int, idx: range) -> Path:
+        return self.folder / f"budget{budget}-seed{seed}-{idx.start:07d}-{idx.stop:07d}.pt"
+
+    def load(self, budget: int, seed: int, idx: range) -> dict | None:
+        """The saved micro-batch, or None when there is none (or --resume is off)."""
+        import torch
+
+        path = self.path(budget, seed, idx)
+        if not self.on or not path.exists():
+            return None
+        saved = torch.load(path, weights_only=True)
+        if saved["key"] != self.key:
+            differ = sorted(k for k in self.key if saved["key"].get(k) != self.key[k])
+            what = "; ".join(f"{k}: {saved['key'].get(k)!r} there, {self.key[k]!r} now" for k in differ)
+            commit = str(saved["key"].get("commit", "")).split("+")[0]
+            sys.exit(f"scripts/sweep.py --resume: {path} was made with other settings ({what}). Run with those "
+                     f"settings (the commit is checked out with `git worktree add DIR {commit}`), or give another "
+                     f"--out, or delete {self.folder}.")
+        self.resumed += 1
+        return saved
+
+    def save(self, budget: int, seed: int, idx: range, part: dict, clock: dict) -> None:
+        import torch
+
+        if self.on:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.path(budget, seed, idx)
+            torch.save({"key": self.key, "part": part, "clock": clock}, path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)  # whole or absent, also when killed while writing
+
+
+def sample_cell(sampler: Sampler, budget: int, seed: int, mine: list[range], args, bar, clock: dict,
+                parts: Parts) -> dict:
     """This rank's micro-batches of one (budget, seed): the decoded preview at every stop, for both samplers.
 
     Returns {first index of a micro-batch: {"images": {(sampler, percent): images}, "preview_nfe": {...}}}.
@@ -242,6 +299,14 @@ def sample_cell(sampler: Sampler, budget: int, seed: int, mine: list[range], arg
 
     out = {}
     for idx in mine:
+        saved = parts.load(budget, seed, idx)
+        if saved is not None:  # finished before an interruption: its images and the time it took then
+            out[idx.start] = saved["part"]
+            for k, v in saved["clock"].items():
+                clock[k] += v
+            bar.update(2 * budget * len(idx))
+            continue
+        before = dict(clock)
         model = sampler.model(idx)
         start = time.perf_counter()
         results = sample_batch(model, budget, seed, idx, outer=args.outer, bar=bar)  # both samplers, own streams
@@ -261,6 +326,7 @@ def sample_cell(sampler: Sampler, budget: int, seed: int, mine: list[range], arg
             clock["image_nfe"] += result.nfe * len(idx)
             clock["decoded_images"] += len(decoded) * len(idx)
         out[idx.start] = part
+        parts.save(budget, seed, idx, part, {k: clock[k] - before[k] for k in clock})
     return out
 
 
@@ -322,6 +388,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     dist = Dist(args.device)
     sampler = Sampler(args, dist.device)
+    saved = Parts(args, code, sampler.guidance, dist.device)
     cells = chunks(args.n, args.batch)
     mine = cells[dist.rank :: dist.world]
     lead = dist.rank == 0
@@ -342,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                  disable=not lead, dynamic_ncols=True, position=1) as mbar:
         for budget in args.budgets:
             for seed in args.seeds:
-                part = sample_cell(sampler, budget, seed, mine, args, bar, clock)
+                part = sample_cell(sampler, budget, seed, mine, args, bar, clock, saved)
                 start = time.perf_counter()
                 parts = dist.gather(part)
                 clock["gather_s"] += time.perf_counter() - start
@@ -360,6 +427,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                       for s in args.seeds]
             clock["metrics_s"] += time.perf_counter() - start
     clock["wall_s"] = time.perf_counter() - wall
+    clock["resumed"] = saved.resumed
     clocks = dist.gather(clock)
     dist.close()
     if not lead:
@@ -367,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     rows.sort(key=lambda r: (r["budget"], r["percent"], SAMPLERS.index(r["sampler"]), r["seed"]))
     sampling = max(c["sampling_s"] + c["decode_s"] for c in clocks)  # the slowest rank bounds the phase
     image_nfe = sum(c["image_nfe"] for c in clocks)
-    parameters = {k: v for k, v in vars(args).items() if k not in ("device", "allow_dirty")}
+    parameters = {k: v for k, v in vars(args).items() if k not in ("device", "allow_dirty", "resume")}
     dataset = dataset_of(args.model)
     law = "digit i % 10" if dataset == "mnist" else "data.label_plan (held-out class proportions)"
     parameters.update(guidance=sampler.guidance, labels=f"sample i: {law}" if not args.unconditional else
@@ -379,7 +447,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         processes=dist.world, threads=torch.get_num_threads(), device=str(dist.device), machine=runtime.machine(dist.device),
         time={"wall_s": clocks[0]["wall_s"], "sampling_s": [c["sampling_s"] for c in clocks],
               "decode_s": [c["decode_s"] for c in clocks], "gather_s": [c["gather_s"] for c in clocks],
-              "metrics_s": clocks[0]["metrics_s"]},
+              "metrics_s": clocks[0]["metrics_s"],
+              # --resume: micro-batches read back from OUT/parts; their times are the runs that made them
+              "resumed_micro_batches": sum(c["resumed"] for c in clocks)},
         image_nfe=image_nfe, decoded_images=sum(c["decoded_images"] for c in clocks),
         image_nfe_per_s=image_nfe / sampling,  # sampling phase (network, sampler and preview decodes) of all ranks
     )

@@ -173,6 +173,26 @@ def torchrun_parser():
     return get_args_parser()
 
 
+def test_resume_reads_back_finished_micro_batches_and_refuses_other_settings(tmp_path):
+    """--resume: a run cut off after some micro-batches, run again, gives the uninterrupted run's numbers bit for
+    bit and samples only what was missing; a part made with other settings is refused, never mixed in."""
+    sweep = load_script()
+    argv = ["--budgets", "10", "--percents", "50", "100", "--samples", "8", "--batch", "4", "--seeds", "0",
+            "--allow-dirty", "--resume", "--out", str(tmp_path)]
+    whole = sweep.main(argv)
+    parts = sorted((tmp_path / "parts").glob("*.pt"))
+    assert [p.name for p in parts] == ["budget10-seed0-0000000-0000004.pt", "budget10-seed0-0000004-0000008.pt"]
+    assert json.loads((tmp_path / "results.json").read_text())["results"]["time"]["resumed_micro_batches"] == 0
+    parts[1].unlink()  # as if the run had been stopped after its first micro-batch
+    again = sweep.main(argv)
+    assert again["rows"] == whole["rows"] and again["floor"] == whole["floor"]
+    saved = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert saved["time"]["resumed_micro_batches"] == 1 and parts[1].exists()
+    assert saved["image_nfe"] == 2 * 10 * 8  # the read-back batch's NFEs still count: the result is one whole run
+    with pytest.raises(SystemExit, match=r"other settings \(guidance: 1\.5 there, 2\.0 now\)"):
+        sweep.main([*argv, "--guidance", "2"])
+
+
 def test_no_option_of_the_sweep_is_a_prefix_of_a_torchrun_option():
     """torchrun's parser (argparse, abbreviations allowed) reads an option of the script as an abbreviation of its own
     when it is a prefix of one, e.g. `--n` of --nnodes and --nproc-per-node ("ambiguous option"), unless the user
