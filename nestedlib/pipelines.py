@@ -123,7 +123,10 @@ def flow_dit_model(pipe, class_labels: Sequence[int] | torch.Tensor, guidance_sc
 
 
 def _is_flow(pipe) -> bool:
-    return type(getattr(pipe, "scheduler", None)).__name__ == "FlowMatchEulerDiscreteScheduler"
+    """Does the pipeline sample a rectified flow (Eq. 1 on x_t = (1 - sigma) x0 + sigma eps)? Its scheduler is one of
+    diffusers' FlowMatch* schedulers (Euler, Heun, LCM) or a subclass of one: matching the exact class name would
+    take a subclass for a DDPM model and sample it with the wrong path."""
+    return any(c.__name__.startswith("FlowMatch") for c in type(getattr(pipe, "scheduler", None)).__mro__)
 
 
 def sd_model(pipe, prompts: Sequence[str] | str, guidance_scale: float = 7.5, name: str = "sd",

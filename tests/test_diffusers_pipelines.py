@@ -3,7 +3,8 @@ classes (tests/tiny_pipelines.py), offline. Vanilla through nestedlib is the pip
 nested with one outer step is vanilla; golden numbers pin the nested runs; what nestedlib cannot drive is refused."""
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
+from diffusers import (DDIMScheduler, DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler,
+                       FlowMatchHeunDiscreteScheduler, UNet2DModel)
 
 import tiny_pipelines as tiny
 from nestedlib import models, run
@@ -232,6 +233,15 @@ def test_a_dit_folder_with_a_flow_scheduler_is_a_class_conditional_flow_model():
             x = scheduler.step(v_u + 3.0 * (v_c - v_u), t, x).prev_sample
     assert (ours - x).abs().max().item() <= STEPS * 1.2e-7 * x.abs().max().item()
     assert torch.equal(run(samplers(model, 1, 6)["nested"], x_T).x0, ours)
+
+    class Subclassed(FlowMatchEulerDiscreteScheduler):  # a user's own scheduler class is still a flow (was: betas)
+        pass
+
+    for other in (Subclassed(), FlowMatchHeunDiscreteScheduler()):  # same flow path: nestedlib's Euler on it
+        pipe.scheduler = other
+        again = prepare(pipe, cond=[1, 7], guidance_scale=3.0)
+        assert again.prediction == "flow", type(other).__name__
+        assert torch.equal(run(samplers(again, 2, 3)["vanilla"], x_T).x0, ours), type(other).__name__
     with pytest.raises(ValueError, match=r"class labels must lie in \[0, 9\]"):
         from nestedlib.pipelines import flow_dit_model
 
