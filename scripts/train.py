@@ -97,6 +97,8 @@ def config_of(model: str, args: argparse.Namespace) -> tuple[T.TrainConfig, int]
         s["steps"] = args.steps
     if args.seed is not None:
         s["seed"] = args.seed
+    if getattr(args, "ema_warmup", None) is not None:
+        s["ema_warmup"] = args.ema_warmup
     return T.TrainConfig(minutes=args.minutes, **s), batch
 
 
@@ -428,6 +430,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ship", choices=("ema", "raw"), default="ema",
                     help="emoji-dit: ship the EMA weights (default) or the last step's raw weights; its EMA (decay "
                          "0.9995, no warm-up) still holds a few %% of the random initialisation after 7,000 steps")
+    ap.add_argument("--ema-warmup", type=int, default=None,
+                    help="EMA warm-up: decay min(ema_decay, (1 + t) / (N + t)) at step t, e.g. 10 (default: the "
+                         "shipped setting, none), so that a short run's EMA does not keep its random start")
     ap.add_argument("--device", default="cpu", help=f"{', '.join(DEVICE_KEYS)}: where the network trains (cpu or cuda)")
     args = ap.parse_args(argv)
     set_threads(args.threads)

@@ -207,10 +207,16 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
     ema_decay: float | None = None
+    ema_warmup: int = 0  # EMA warm-up: decay min(ema_decay, (1 + t) / (ema_warmup + t)) at step t (0: none; e.g. 10)
     seed: int = 0
     minutes: float | None = None  # wall-clock budget of this call (stop early, checkpoint, resume later)
     checkpoint_every_s: float = 180.0
     eval_every: int = 0  # call the eval callback every N steps (0: never)
+
+    def __post_init__(self):
+        if self.ema_warmup < 0 or self.ema_warmup == 1:
+            raise ValueError(f"ema_warmup={self.ema_warmup}: use 0 (no warm-up) or a number above 1, e.g. 10 "
+                             "(1 would give decay 1 at every step: an EMA frozen at the initial weights)")
 
 
 @dataclass
@@ -227,6 +233,15 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         for pe, p in zip(ema.parameters(), model.parameters()):
             pe.lerp_(p, 1 - decay)
+
+
+def ema_decay_at(step: int, decay: float, warmup: int = 0) -> float:
+    """The EMA's decay at optimiser step t: min(decay, (1 + t) / (warmup + t)) with warm-up, else decay.
+
+    Without warm-up the average starts from the random initialisation and keeps decay^t of it after t steps
+    (0.9995^7000 = 3 %); with it, the early steps average over about t / (warmup - 1) recent steps, never the start.
+    """
+    return min(decay, (1 + step) / (warmup + step)) if warmup else decay
 
 
 def warmup_lr(step: int, warmup: int) -> float:
@@ -277,7 +292,7 @@ def fit(model: nn.Module, step_loss: Callable[[nn.Module, torch.Generator], torc
         opt.step()
         sched.step()
         if ema is not None:
-            ema_update(ema, model, cfg.ema_decay)
+            ema_update(ema, model, ema_decay_at(state.step, cfg.ema_decay, cfg.ema_warmup))
         state.step += 1
         state.wall_s = wall0 + time.perf_counter() - start
         bar.update(1)

@@ -268,6 +268,30 @@ def test_fit_is_deterministic_and_resume_continues_exactly(tmp_path):
     torch.testing.assert_close(full.weight, resumed.weight, rtol=0, atol=0)
 
 
+def test_ema_warmup_forgets_the_random_start():
+    """ema_decay_at: 0.1 at step 0 with warm-up 10, rising to the set decay, which it never passes; a short fit's EMA
+    with warm-up lies nearer the trained weights than without (without, decay^t of the initialisation remains)."""
+    decays = [T.ema_decay_at(t, 0.9995, 10) for t in range(0, 40000, 100)]
+    assert decays[0] == 0.1 and decays[-1] == 0.9995
+    assert all(a <= b <= 0.9995 for a, b in zip(decays, decays[1:]))
+    assert T.ema_decay_at(5, 0.9, 0) == 0.9
+    with pytest.raises(ValueError, match="ema_warmup=1: use 0"):
+        T.TrainConfig(steps=1, ema_warmup=1)
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+
+    def step(m, g):
+        idx = T.batches(64, 8, g)
+        return ((m(x[idx]) - x[idx].sum(1, keepdim=True)) ** 2).mean()
+
+    gaps = {}
+    for warmup in (0, 10):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        ema, _ = T.fit(model, step, T.TrainConfig(steps=60, lr=3e-2, ema_decay=0.999, ema_warmup=warmup, seed=3))
+        gaps[warmup] = (ema.weight - model.weight).abs().max().item()
+    assert gaps[10] < 0.2 * gaps[0], gaps
+
+
 def test_fit_stops_at_the_wall_clock_budget(tmp_path):
     _, state = _linear_fit(tmp_path, 10**7, False, minutes=0.01)
     assert 0 < state.step < 10**7 and (tmp_path / "ckpt.pt").is_file()
