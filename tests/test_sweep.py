@@ -209,13 +209,14 @@ def test_torchrun_hands_the_whole_command_line_to_the_sweep():
     sweep = load_script()
     argv = ["--model", "mnist-dit", "--budgets", "100", "150", "--percents", "20", "100", "--samples", "200",
             "--seeds", "0", "1", "--guidance", "1.5", "--preset", "paper", "--outer", "5", "--batch", "50",
-            "--judges", "classifier", "pixels", "--device", "cpu", "--out", "runs/x", "--allow-dirty"]
+            "--judges", "classifier", "pixels", "--device", "cpu", "--out", "runs/x", "--resume", "--allow-dirty"]
     assert {o for o in argv if o.startswith("--")} | {"--unconditional"} == {
         o for a in sweep.parser()._actions for o in a.option_strings if o not in ("-h", "--help")}  # every option
     run = torchrun_parser().parse_args(["--nproc_per_node", "2", str(SCRIPT), *argv])
     assert run.nproc_per_node == "2" and run.training_script == str(SCRIPT) and run.training_script_args == argv
     args = sweep.parse_args(run.training_script_args)
     assert (args.n, args.budgets, args.seeds, args.judges) == (200, [100, 150], [0, 1], ["classifier", "pixels"])
+    assert args.resume
     run = torchrun_parser().parse_args(["--nproc_per_node", "2", str(SCRIPT), "--unconditional", "--samples", "10"])
     assert sweep.parse_args(run.training_script_args).guidance == 1.0
 
