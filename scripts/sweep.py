@@ -245,7 +245,7 @@ class Parts:
     that define it; a file made by another commit or other settings is refused, never mixed in."""
 
     # what a micro-batch's numbers depend on, beside its budget, seed and indices
-    KEY = ("model", "preset", "guidance", "unconditional", "outer", "percents", "batch")
+    KEY = ("model", "preset", "unconditional", "outer", "percents", "batch")  # and the guidance it resolved to
 
     def __init__(self, args, code: dict, guidance: float, device):
         import torch
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     dist = Dist(args.device)
     sampler = Sampler(args, dist.device)
-    saved = Parts(args, code, sampler.guidance, dist.device)
+    store = Parts(args, code, sampler.guidance, dist.device)
     cells = chunks(args.n, args.batch)
     mine = cells[dist.rank :: dist.world]
     lead = dist.rank == 0
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                  disable=not lead, dynamic_ncols=True, position=1) as mbar:
         for budget in args.budgets:
             for seed in args.seeds:
-                part = sample_cell(sampler, budget, seed, mine, args, bar, clock, saved)
+                part = sample_cell(sampler, budget, seed, mine, args, bar, clock, store)
                 start = time.perf_counter()
                 parts = dist.gather(part)
                 clock["gather_s"] += time.perf_counter() - start
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                       for s in args.seeds]
             clock["metrics_s"] += time.perf_counter() - start
     clock["wall_s"] = time.perf_counter() - wall
-    clock["resumed"] = saved.resumed
+    clock["resumed"] = store.resumed
     clocks = dist.gather(clock)
     dist.close()
     if not lead:
